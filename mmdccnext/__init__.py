@@ -1,0 +1,14 @@
+"""mmdccnext: the DCCNeXt backbone (AAAI-25) for MMEngine, MMCV, MMDetection, MMSegmentation
+and MMPretrain."""
+from .utils.version_check import check_mmcv
+
+check_mmcv()
+
+from .utils.checkpoint import register_checkpoint_loaders  # noqa: E402
+
+register_checkpoint_loaders()
+
+from . import engine, models, ops  # noqa: E402,F401
+from .version import __version__, version_info  # noqa: E402
+
+__all__ = ['__version__', 'version_info']

@@ -1,0 +1,60 @@
+"""Checkpoint loading under torch >= 2.6 (mmengine issue 1655).
+
+torch 2.6 made ``torch.load(weights_only=True)`` the default, and mmengine 0.10.7 calls it
+without arguments, so checkpoints written by mmengine's own runner (which pickle a
+``HistoryBuffer``, numpy arrays and scalars in ``message_hub``) no longer load and
+``resume=True`` fails. Here the local-file loader is replaced by one that keeps
+``weights_only=True`` and allow-lists exactly those classes, and the http(s) loader by one
+that passes ``weights_only=True`` explicitly (torch.hub's default is ``False``), so no file
+is ever unpickled with arbitrary globals.
+"""
+import os.path as osp
+
+import numpy as np
+import torch
+from mmengine.logging.history_buffer import HistoryBuffer
+from mmengine.runner.checkpoint import CheckpointLoader
+
+
+def _numpy_globals():
+    from numpy.core.multiarray import _reconstruct, scalar
+    dtype_classes = [type(np.dtype(t)) for t in (
+        np.bool_, np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16,
+        np.uint32, np.uint64, np.float16, np.float32, np.float64)]
+    return [_reconstruct, scalar, np.ndarray, np.dtype, *dtype_classes]
+
+
+def mmengine_safe_globals():
+    """The non-tensor classes mmengine's runner writes into checkpoints."""
+    return [HistoryBuffer, *_numpy_globals()]
+
+
+def load_checkpoint_file(filename, map_location=None):
+    """``torch.load`` a local checkpoint with ``weights_only=True`` and mmengine's classes."""
+    filename = osp.expanduser(filename)
+    if not osp.isfile(filename):
+        raise FileNotFoundError(f'{filename} can not be found.')
+    with torch.serialization.safe_globals(mmengine_safe_globals()):
+        return torch.load(filename, map_location=map_location, weights_only=True)
+
+
+def load_from_local(filename, map_location=None):
+    return load_checkpoint_file(filename, map_location)
+
+
+def load_from_http(filename, map_location=None, model_dir=None, progress=True):
+    """Network checkpoints: plain tensors and containers only (``weights_only=True``)."""
+    from torch.hub import load_state_dict_from_url
+    return load_state_dict_from_url(
+        filename, model_dir=model_dir, map_location=map_location,
+        progress=progress, weights_only=True)
+
+
+def register_checkpoint_loaders():
+    """Route mmengine's local and http(s) checkpoint loading through the loaders above.
+
+    Idempotent; called when ``mmdccnext`` is imported (e.g. by ``custom_imports``).
+    """
+    CheckpointLoader.register_scheme(prefixes='', force=True)(load_from_local)
+    CheckpointLoader.register_scheme(
+        prefixes=('http://', 'https://'), force=True)(load_from_http)

@@ -1,0 +1,41 @@
+"""Import-time check that the installed mmcv is one mmdccnext (and mmdet/mmseg) can use."""
+import importlib
+import importlib.util
+
+from mmengine.utils import digit_version
+
+MMCV_MIN = '2.0.0rc4'
+MMCV_MAX = '2.2.0'  # exclusive: mmdet 3.3 and mmseg 1.2 refuse mmcv >= 2.2.0
+
+_HOW_TO_INSTALL = (
+    'Install it with `make env` (builds mmcv 2.1.0 with ops from source, CPU) or, where '
+    'OpenMMLab publishes wheels for your torch/CUDA, `mim install "mmcv==2.1.0"`. '
+    'See README, section "Install".')
+
+
+def check_mmcv(version=None, has_ops=None):
+    """Raise one readable ImportError when mmcv is missing, out of range or lacks ops.
+
+    Args:
+        version (str, optional): mmcv version to check; default: the installed one.
+        has_ops (bool, optional): whether ``mmcv._ext`` exists; default: look it up.
+    """
+    if version is None:
+        try:
+            mmcv = importlib.import_module('mmcv')
+        except ImportError as exc:
+            raise ImportError(
+                f'mmdccnext needs mmcv>={MMCV_MIN},<{MMCV_MAX} (full, with ops), but mmcv '
+                f'cannot be imported ({exc}). {_HOW_TO_INSTALL}') from None
+        version = mmcv.__version__
+    if not (digit_version(MMCV_MIN) <= digit_version(version) < digit_version(MMCV_MAX)):
+        raise ImportError(
+            f'mmdccnext needs mmcv>={MMCV_MIN},<{MMCV_MAX} (full, with ops); found mmcv '
+            f'{version}. {_HOW_TO_INSTALL}')
+    if has_ops is None:
+        has_ops = importlib.util.find_spec('mmcv._ext') is not None
+    if not has_ops:
+        raise ImportError(
+            f'mmdccnext needs mmcv {version} with its compiled ops (mmcv._ext), but this '
+            f'mmcv was installed without them (mmcv-lite or MMCV_WITH_OPS=0). '
+            f'{_HOW_TO_INSTALL}')
