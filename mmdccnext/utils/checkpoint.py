@@ -4,11 +4,15 @@ torch 2.6 made ``torch.load(weights_only=True)`` the default, and mmengine 0.10.
 without arguments, so checkpoints written by mmengine's own runner (which pickle a
 ``HistoryBuffer``, numpy arrays and scalars in ``message_hub``) no longer load and
 ``resume=True`` fails. Here the local-file loader is replaced by one that keeps
-``weights_only=True`` and allow-lists exactly those classes, and the http(s) loader by one
+``weights_only=True`` and allow-lists exactly those classes (plus a ``getattr`` that only
+resolves ``HistoryBuffer``'s own statistics methods, which is how pickle names them), and
+the http(s) loader by one
 that passes ``weights_only=True`` explicitly (torch.hub's default is ``False``), so no file
 is ever unpickled with arbitrary globals.
 """
+import inspect
 import os.path as osp
+import pickle
 
 import numpy as np
 import torch
@@ -24,9 +28,28 @@ def _numpy_globals():
     return [_reconstruct, scalar, np.ndarray, np.dtype, *dtype_classes]
 
 
+def _history_buffer_getattr(obj, name):
+    """Stands in for ``getattr`` while unpickling: only ``HistoryBuffer.<statistic>``.
+
+    ``HistoryBuffer.__getstate__`` stores its statistics methods (``HistoryBuffer.min``,
+    ...), which pickle writes as ``getattr(HistoryBuffer, 'min')``. A general ``getattr``
+    would let a crafted file walk from an allowed class to arbitrary code.
+    """
+    value = getattr(obj, name, None) if obj is HistoryBuffer else None
+    if name.startswith('_') or not inspect.isfunction(value):
+        raise pickle.UnpicklingError(
+            f'checkpoint asks for getattr({obj!r}, {name!r}); only the statistics methods '
+            f'of mmengine\'s HistoryBuffer are allowed')
+    return value
+
+
 def mmengine_safe_globals():
-    """The non-tensor classes mmengine's runner writes into checkpoints."""
-    return [HistoryBuffer, *_numpy_globals()]
+    """The non-tensor objects mmengine's runner writes into checkpoints."""
+    return [
+        HistoryBuffer, *_numpy_globals(),
+        (_history_buffer_getattr, '__builtin__.getattr'),
+        (_history_buffer_getattr, 'builtins.getattr'),
+    ]
 
 
 def load_checkpoint_file(filename, map_location=None):

@@ -1,0 +1,26 @@
+# The two commands a user needs: `make demo` and `make test`. Both set up .venv first.
+PY := .venv/bin/python
+PYTEST_ARGS ?=
+
+.PHONY: env demo test lint format clean
+
+env:
+	@bash tools/misc/setup_env.sh
+
+demo: env
+	$(PY) tools/misc/demo.py
+
+lint: env
+	$(PY) -m flake8 mmdccnext tools tests configs setup.py
+	$(PY) -m isort --check-only --diff mmdccnext tools tests setup.py
+
+test: env lint
+	@bash tools/misc/install_slurm.sh
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+format: env
+	$(PY) -m isort mmdccnext tools tests setup.py
+	$(PY) -m yapf -i -r mmdccnext tools tests configs setup.py
+
+clean:
+	rm -rf build *.egg-info mmdccnext/_ext*.so
