@@ -18,6 +18,14 @@ def get_version():
 
 
 def get_extensions():
+    """The optional C++ CPU extension ``mmdccnext._ext`` (DCConv kernels).
+
+    Portable flags only: the hot kernels carry ``target_clones("avx512f", "avx2", "default")``
+    and the loader picks the clone the CPU supports, so a wheel runs on any x86-64.
+    ``-ffp-contract=off`` keeps multiplies and adds separately rounded, as in the PyTorch
+    path (the two paths then compute bit-identical distances). ``MMDCCNEXT_WITH_EXT=0``
+    skips the extension.
+    """
     if os.getenv('MMDCCNEXT_WITH_EXT', '1') == '0':
         return [], {}
     sources = sorted(glob.glob(osp.join('mmdccnext', 'ops', 'csrc', '*.cpp')))
@@ -25,7 +33,7 @@ def get_extensions():
         return [], {}
     from torch.utils.cpp_extension import BuildExtension, CppExtension
 
-    extra_compile_args = ['-O3', '-fopenmp', '-std=c++20']
+    extra_compile_args = ['-O3', '-fopenmp', '-std=c++20', '-ffp-contract=off', '-Wno-psabi']
     ext = CppExtension(
         name='mmdccnext._ext',
         sources=sources,

@@ -1,5 +1,4 @@
-from .checkpoint import (load_checkpoint_file, mmengine_safe_globals,
-                         register_checkpoint_loaders)
+from .checkpoint import load_checkpoint_file, mmengine_safe_globals, register_checkpoint_loaders
 from .setup_env import register_all_modules
 from .version_check import check_mmcv
 

@@ -1,0 +1,3 @@
+from .dccnext import DCCNeXt, DCCNeXtBlock
+
+__all__ = ['DCCNeXt', 'DCCNeXtBlock']
