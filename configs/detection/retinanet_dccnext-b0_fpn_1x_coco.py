@@ -6,4 +6,4 @@ model = dict(
         arch='b0',
         drop_path_rate=0.1,
         init_cfg=dict(checkpoint='zoo://dccnext-b0_8xb128_in1k')),
-    neck=dict(in_channels=[32, 64, 160, 256]))
+    neck=dict(in_channels=[64, 160, 256]))

@@ -6,4 +6,4 @@ model = dict(
         arch='b1',
         drop_path_rate=0.1,
         init_cfg=dict(checkpoint='zoo://dccnext-b1_8xb128_in1k')),
-    neck=dict(in_channels=[48, 96, 240, 384]))
+    neck=dict(in_channels=[96, 240, 384]))

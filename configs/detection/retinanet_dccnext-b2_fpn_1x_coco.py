@@ -15,11 +15,12 @@ model = dict(
         _delete_=True,
         type='mmdccnext.DCCNeXt',
         arch='b2',
-        out_indices=(0, 1, 2, 3),
+        # RetinaNet's FPN starts at stride 8: stage 1 (stride 4) is not an output
+        out_indices=(1, 2, 3),
         drop_path_rate=0.2,
         gap_before_final_norm=False,
         init_cfg=dict(type='Pretrained', checkpoint=pretrained, prefix='backbone.')),
-    neck=dict(in_channels=[64, 128, 320, 512]))
+    neck=dict(in_channels=[128, 320, 512], start_level=0))
 
 # AdamW as usual for this class of backbone (PVT, Swin, ConvNeXt detectors); no weight decay
 # on norms, biases and layer scale.
@@ -27,8 +28,7 @@ optim_wrapper = dict(
     _delete_=True,
     type='OptimWrapper',
     optimizer=dict(type='AdamW', lr=1e-4, betas=(0.9, 0.999), weight_decay=0.05),
-    paramwise_cfg=dict(norm_decay_mult=0., bias_decay_mult=0., flat_decay_mult=0.),
-    clip_grad=None)
+    paramwise_cfg=dict(norm_decay_mult=0., bias_decay_mult=0., flat_decay_mult=0.))
 
 # lr 1e-4 is for 16 images per iteration; `--auto-scale-lr` rescales for other totals.
 auto_scale_lr = dict(enable=False, base_batch_size=16)

@@ -6,4 +6,4 @@ model = dict(
         arch='b3',
         drop_path_rate=0.3,
         init_cfg=dict(checkpoint='zoo://dccnext-b3_8xb128_in1k')),
-    neck=dict(in_channels=[96, 192, 384, 576]))
+    neck=dict(in_channels=[192, 384, 576]))

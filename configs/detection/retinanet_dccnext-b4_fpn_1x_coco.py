@@ -6,4 +6,4 @@ model = dict(
         arch='b4',
         drop_path_rate=0.4,
         init_cfg=dict(checkpoint='zoo://dccnext-b4_8xb128_in1k')),
-    neck=dict(in_channels=[96, 192, 384, 768]))
+    neck=dict(in_channels=[192, 384, 768]))
