@@ -15,8 +15,6 @@ TINY = {
 }
 
 
-
-
 def make_tiny_datasets(root):
     for task, kwargs in TINY.items():
         generate(task, str(root / task), seed=0, **kwargs)

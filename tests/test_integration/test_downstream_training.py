@@ -30,18 +30,18 @@ def assert_loss_falls(losses, window=5):
     ('detection/mask-rcnn_dccnext-b0_fpn_synthetic.py', ['coco/bbox_mAP', 'coco/segm_mAP']),
 ])
 def test_detectors_learn_and_evaluate_with_pycocotools(config, metric_keys, synthetic_root,
-                                                      tmp_path):
+                                                       tmp_path):
     cfg = tiny_config(
-        config, synthetic_root, tmp_path,
-        **{'train_cfg': dict(_delete_=True, type='IterBasedTrainLoop', max_iters=30,
-                               val_interval=1000),
-           'train_dataloader.batch_size': 4,
-           'train_dataloader.sampler': dict(type='InfiniteSampler', shuffle=True),
-           'param_scheduler': [dict(type='ConstantLR', factor=1.0, by_epoch=False)],
-           'default_hooks.logger.interval': 1,
-           'default_hooks.checkpoint': dict(type='CheckpointHook', interval=30,
-                                            by_epoch=False),
-           'randomness': dict(seed=0)})
+        config, synthetic_root, tmp_path, **{
+            'train_cfg':
+            dict(_delete_=True, type='IterBasedTrainLoop', max_iters=30, val_interval=1000),
+            'train_dataloader.batch_size': 4,
+            'train_dataloader.sampler': dict(type='InfiniteSampler', shuffle=True),
+            'param_scheduler': [dict(type='ConstantLR', factor=1.0, by_epoch=False)],
+            'default_hooks.logger.interval': 1,
+            'default_hooks.checkpoint': dict(type='CheckpointHook', interval=30, by_epoch=False),
+            'randomness': dict(seed=0)
+        })
     losses, metrics = train_and_test(cfg)
     assert_loss_falls(losses)
     for key in metric_keys:
@@ -50,13 +50,15 @@ def test_detectors_learn_and_evaluate_with_pycocotools(config, metric_keys, synt
 
 def test_segmentor_learns_and_evaluates_miou(synthetic_root, tmp_path):
     cfg = tiny_config(
-        'segmentation/fpn_dccnext-b0_synthetic.py', synthetic_root, tmp_path,
-        **{'train_cfg.max_iters': 30, 'train_cfg.val_interval': 1000,
-           'train_dataloader.batch_size': 4,
-           'param_scheduler': [dict(type='ConstantLR', factor=1.0, by_epoch=False)],
-           'default_hooks.logger.interval': 1,
-           'default_hooks.checkpoint.interval': 30,
-           'randomness': dict(seed=0)})
+        'segmentation/fpn_dccnext-b0_synthetic.py', synthetic_root, tmp_path, **{
+            'train_cfg.max_iters': 30,
+            'train_cfg.val_interval': 1000,
+            'train_dataloader.batch_size': 4,
+            'param_scheduler': [dict(type='ConstantLR', factor=1.0, by_epoch=False)],
+            'default_hooks.logger.interval': 1,
+            'default_hooks.checkpoint.interval': 30,
+            'randomness': dict(seed=0)
+        })
     losses, metrics = train_and_test(cfg)
     assert_loss_falls(losses)
     assert 0 <= metrics['mIoU'] <= 100 and math.isfinite(metrics['mIoU'])
@@ -64,15 +66,18 @@ def test_segmentor_learns_and_evaluates_miou(synthetic_root, tmp_path):
 
 def test_classifier_learns_and_evaluates_top1(synthetic_root, tmp_path):
     cfg = tiny_config(
-        'classification/dccnext-b0_synthetic.py', synthetic_root, tmp_path,
-        **{'train_cfg': dict(_delete_=True, by_epoch=False, max_iters=30, val_interval=1000),
-           'train_dataloader.batch_size': 16,
-           'model.train_cfg': None,  # no Mixup/CutMix: a falling loss is then meaningful
-           'param_scheduler': [dict(type='ConstantLR', factor=1.0, by_epoch=False)],
-           'default_hooks.logger.interval': 1,
-           'default_hooks.checkpoint': dict(type='CheckpointHook', interval=30,
-                                            by_epoch=False),
-           'randomness': dict(seed=0)})
+        'classification/dccnext-b0_synthetic.py',
+        synthetic_root,
+        tmp_path,
+        **{
+            'train_cfg': dict(_delete_=True, by_epoch=False, max_iters=30, val_interval=1000),
+            'train_dataloader.batch_size': 16,
+            'model.train_cfg': None,  # no Mixup/CutMix: a falling loss is then meaningful
+            'param_scheduler': [dict(type='ConstantLR', factor=1.0, by_epoch=False)],
+            'default_hooks.logger.interval': 1,
+            'default_hooks.checkpoint': dict(type='CheckpointHook', interval=30, by_epoch=False),
+            'randomness': dict(seed=0)
+        })
     losses, metrics = train_and_test(cfg)
     assert_loss_falls(losses)
     assert 0 <= metrics['accuracy/top1'] <= 100

@@ -26,19 +26,29 @@ def free_port():
 
 def write_tiny_detector_config(synthetic_root, tmp_path):
     cfg = tiny_config(
-        'detection/retinanet_dccnext-b0_fpn_synthetic.py', synthetic_root, tmp_path / 'work',
-        **{'train_cfg': dict(_delete_=True, type='IterBasedTrainLoop', max_iters=MAX_ITERS,
-                             val_interval=1000),
-           'train_dataloader.batch_size': 2,
-           'train_dataloader.sampler': dict(type='InfiniteSampler', shuffle=True),
-           'param_scheduler': [dict(type='ConstantLR', factor=1.0, by_epoch=False)],
-           'default_hooks.logger.interval': 1,
-           'log_processor.by_epoch': False,
-           'default_hooks.checkpoint': dict(type='CheckpointHook', interval=MAX_ITERS,
-                                            by_epoch=False),
-           # DEBUG makes MMEngine write one log file per rank: evidence that each trained.
-           'log_level': 'DEBUG',
-           'randomness': dict(seed=0)})
+        'detection/retinanet_dccnext-b0_fpn_synthetic.py',
+        synthetic_root,
+        tmp_path / 'work',
+        **{
+            'train_cfg':
+            dict(_delete_=True, type='IterBasedTrainLoop', max_iters=MAX_ITERS, val_interval=1000),
+            'train_dataloader.batch_size':
+            2,
+            'train_dataloader.sampler':
+            dict(type='InfiniteSampler', shuffle=True),
+            'param_scheduler': [dict(type='ConstantLR', factor=1.0, by_epoch=False)],
+            'default_hooks.logger.interval':
+            1,
+            'log_processor.by_epoch':
+            False,
+            'default_hooks.checkpoint':
+            dict(type='CheckpointHook', interval=MAX_ITERS, by_epoch=False),
+            # DEBUG makes MMEngine write one log file per rank: evidence that each trained.
+            'log_level':
+            'DEBUG',
+            'randomness':
+            dict(seed=0)
+        })
     path = tmp_path / 'tiny_retinanet.py'
     cfg.dump(str(path))
     return str(path), str(tmp_path / 'work')
@@ -61,11 +71,19 @@ def check_two_ranks_trained(work_dir, output):
 
 def test_dist_train_sh_runs_two_processes(synthetic_root, tmp_path):
     config, work_dir = write_tiny_detector_config(synthetic_root, tmp_path)
-    env = dict(os.environ, PYTHON=sys.executable, PORT=str(free_port()),
-               MASTER_ADDR='127.0.0.1', OMP_NUM_THREADS='1')
+    env = dict(
+        os.environ,
+        PYTHON=sys.executable,
+        PORT=str(free_port()),
+        MASTER_ADDR='127.0.0.1',
+        OMP_NUM_THREADS='1')
     proc = subprocess.run(
-        ['bash', osp.join(REPO, 'tools', 'dist_train.sh'), config, '2', '--work-dir', work_dir],
-        env=env, capture_output=True, text=True, timeout=900)
+        ['bash',
+         osp.join(REPO, 'tools', 'dist_train.sh'), config, '2', '--work-dir', work_dir],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900)
     assert proc.returncode == 0, proc.stderr[-4000:]
     check_two_ranks_trained(work_dir, proc.stdout + proc.stderr)
 
@@ -83,14 +101,25 @@ def test_slurm_train_sh_runs_two_tasks(synthetic_root, tmp_path):
     script = osp.join(REPO, 'tools', 'misc', 'slurm_local_cluster.sh')
     subprocess.run(['bash', script, 'start', str(cluster), '2'], check=True, timeout=120)
     try:
-        env = dict(os.environ, SLURM_CONF=str(cluster / 'slurm.conf'), PYTHON=sys.executable,
-                   GPUS='2', GPUS_PER_NODE='2', CPUS_PER_TASK='1', GRES='none',
-                   SRUN_ARGS='--time=15', MASTER_PORT=str(free_port()),
-                   OMP_NUM_THREADS='1')
-        proc = subprocess.run(
-            ['bash', osp.join(REPO, 'tools', 'slurm_train.sh'), 'debug', 'tiny-retinanet',
-             config, work_dir],
-            env=env, capture_output=True, text=True, timeout=900)
+        env = dict(
+            os.environ,
+            SLURM_CONF=str(cluster / 'slurm.conf'),
+            PYTHON=sys.executable,
+            GPUS='2',
+            GPUS_PER_NODE='2',
+            CPUS_PER_TASK='1',
+            GRES='none',
+            SRUN_ARGS='--time=15',
+            MASTER_PORT=str(free_port()),
+            OMP_NUM_THREADS='1')
+        proc = subprocess.run([
+            'bash',
+            osp.join(REPO, 'tools', 'slurm_train.sh'), 'debug', 'tiny-retinanet', config, work_dir
+        ],
+                              env=env,
+                              capture_output=True,
+                              text=True,
+                              timeout=900)
         assert proc.returncode == 0, proc.stderr[-4000:]
         check_two_ranks_trained(work_dir, proc.stdout + proc.stderr)
     finally:
