@@ -1,0 +1,8 @@
+# DCCNeXt-B3 on ImageNet-1K; the recipe of dccnext-b2_8xb128_in1k.py (8 x 128 = 1024
+# images per iteration, lr 1e-3) with the B3 backbone and head.
+_base_ = ['./dccnext-b2_8xb128_in1k.py']
+
+model = dict(
+    backbone=dict(arch='b3', drop_path_rate=0.3),
+    head=dict(in_channels=576, mid_channels=2304),  # 4 x C
+)

@@ -1,0 +1,443 @@
+"""DCCNeXt backbone: `Dynamic Clustering Convolutional Neural Network` (AAAI-25).
+
+Layout. Inside the network every feature map is kept channels-last, ``(B, H, W, C)``
+(contiguous). LayerNorm and the Linear layers of the FFN act on the last dimension
+directly; DCConv reads the same tensor reshaped to tokens ``(B, H*W, C)`` (a view); the
+depthwise convolutions see it permuted to ``(B, C, H, W)``, which is a tensor in
+``torch.channels_last`` memory format, so the convolution writes channels-last output
+and permuting back is again a view. The only layout copies are in the stem (LayerNorm of
+the permuted convolution output) and the maps returned to a neck (contiguous
+``(B, C, H, W)``).
+
+Without autograd (``torch.no_grad`` / ``torch.inference_mode``, and not while tracing or
+exporting) the blocks apply GELU and the residual additions in place and write the
+rC-wide FFN hidden map into one buffer reused by all blocks of the forward pass: on the
+CPU, freshly allocated large tensors cost page faults that can exceed the arithmetic of
+these memory-bound steps. Results are the same as on the autograd path.
+"""
+from numbers import Number
+from typing import Sequence
+
+import torch
+import torch.nn as nn
+import torch.utils.checkpoint as cp
+from mmcv.cnn.bricks import DropPath
+from mmengine.model import BaseModule, ModuleList
+from torch.nn.modules.batchnorm import _NormBase
+
+from mmdccnext.ops import DCConv
+from mmdccnext.registry import MODELS
+
+
+def _layer_norm(channels, norm_cfg):
+    norm_cfg = dict(norm_cfg or {})
+    norm_type = norm_cfg.pop('type', 'LN')
+    if norm_type not in ('LN', 'LayerNorm'):
+        raise ValueError('DCCNeXt works on channels-last maps and supports only '
+                         f"LayerNorm (norm_cfg type 'LN'), got {norm_type!r}")
+    return nn.LayerNorm(channels, **norm_cfg)
+
+
+def _fast_path():
+    """Inference without autograd, tracing or export: in-place ops and buffer reuse."""
+    return not (torch.is_grad_enabled() or torch.jit.is_tracing() or torch.jit.is_scripting()
+                or torch.onnx.is_in_onnx_export())
+
+
+def _dwconv_cl(conv, x):
+    """Apply an NCHW convolution to a channels-last ``(B, H, W, C)`` tensor.
+
+    ``x.permute(0, 3, 1, 2)`` is a ``channels_last``-strided NCHW tensor, for which the
+    convolution returns channels-last memory again, so both permutes are views.
+    """
+    return conv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+
+
+class ConvFFN(BaseModule):
+    """Conv-FFN: Linear(C, rC) -> 3x3 depthwise conv -> GELU -> Linear(rC, C).
+
+    Eq. (7)-(8) of the paper; works on channels-last ``(B, H, W, C)`` maps.
+    """
+
+    def __init__(self, channels, ffn_ratio=6., dw_kernel_size=3, init_cfg=None):
+        super().__init__(init_cfg=init_cfg)
+        hidden = int(round(channels * ffn_ratio))
+        self.fc1 = nn.Linear(channels, hidden)
+        self.dwconv = nn.Conv2d(
+            hidden, hidden, dw_kernel_size, padding=dw_kernel_size // 2, groups=hidden)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden, channels)
+
+    def forward(self, x, workspace=None):
+        """``x``: (B, H, W, C). ``workspace``: a dict shared by the blocks of one
+        forward pass without autograd; the rC-wide output of ``fc1`` is then written
+        into one reused buffer instead of a new allocation per block."""
+        fast = _fast_path()
+        if workspace is not None and fast:
+            x = self._fc1_into(x, workspace)
+        else:
+            x = self.fc1(x)
+        x = _dwconv_cl(self.dwconv, x)
+        if fast:  # x is our own temporary: no new (rC-wide) buffer
+            x = torch._C._nn.gelu_(x)
+        else:
+            x = self.act(x)
+        return self.fc2(x)
+
+    def _fc1_into(self, x, workspace):
+        hidden = self.fc1.out_features
+        rows = x.numel() // x.shape[-1]
+        buf = workspace.get('ffn_hidden')
+        if (buf is None or buf.numel() < rows * hidden or buf.dtype != x.dtype
+                or buf.device != x.device):
+            buf = workspace['ffn_hidden'] = x.new_empty(rows * hidden)
+        out = buf[:rows * hidden].view(rows, hidden)
+        torch.addmm(self.fc1.bias, x.reshape(rows, -1), self.fc1.weight.t(), out=out)
+        return out.view(*x.shape[:-1], hidden)
+
+
+class DCCNeXtBlock(BaseModule):
+    """One DCCNeXt block on channels-last maps ``(B, H, W, C)``::
+
+        x = x + drop_path(gamma1 * mixer(norm1(x)))
+        x = x + drop_path(gamma2 * ffn(norm2(x)))
+
+    Args:
+        channels (int): Feature channels C.
+        kernel_size (int | None): ``None`` for the 7x7 depthwise-conv token mixer
+            (stages 1-2); an int K for a DCConv mixer with clusters of K patches.
+        subvector_stride (int): DCConv sub-vector sampling interval d.
+        dcconv_impl (str): ``impl`` argument of :class:`mmdccnext.ops.DCConv`.
+        dw_kernel_size (int): Kernel of the depthwise-conv mixer. Defaults to 7.
+        ffn_ratio (float): Hidden expansion r of the Conv-FFN. Defaults to 6.
+        norm_cfg (dict): LayerNorm config. Defaults to ``dict(type='LN', eps=1e-6)``.
+        drop_path_rate (float): Stochastic depth rate of this block.
+        layer_scale_init_value (float): Initial layer-scale value; 0 disables layer scale.
+        with_cp (bool): Gradient checkpointing of the block.
+    """
+
+    def __init__(self,
+                 channels,
+                 kernel_size=None,
+                 subvector_stride=8,
+                 dcconv_impl='auto',
+                 dw_kernel_size=7,
+                 ffn_ratio=6.,
+                 norm_cfg=dict(type='LN', eps=1e-6),
+                 drop_path_rate=0.,
+                 layer_scale_init_value=1e-6,
+                 with_cp=False,
+                 init_cfg=None):
+        super().__init__(init_cfg=init_cfg)
+        self.with_cp = with_cp
+        self.use_dcconv = kernel_size is not None
+        self.norm1 = _layer_norm(channels, norm_cfg)
+        if self.use_dcconv:
+            self.mixer = DCConv(
+                channels,
+                kernel_size,
+                subvector_stride=subvector_stride,
+                bias=True,
+                impl=dcconv_impl)
+        else:
+            self.mixer = nn.Conv2d(
+                channels, channels, dw_kernel_size, padding=dw_kernel_size // 2, groups=channels)
+        self.norm2 = _layer_norm(channels, norm_cfg)
+        self.ffn = ConvFFN(channels, ffn_ratio)
+        if layer_scale_init_value > 0:
+            self.gamma1 = nn.Parameter(torch.full((channels, ), float(layer_scale_init_value)))
+            self.gamma2 = nn.Parameter(torch.full((channels, ), float(layer_scale_init_value)))
+        else:
+            self.gamma1 = self.gamma2 = None
+        self.drop_path = DropPath(drop_path_rate) if drop_path_rate > 0. else nn.Identity()
+
+    def _mix(self, x):
+        if self.use_dcconv:
+            B, H, W, C = x.shape
+            return self.mixer(x.reshape(B, H * W, C)).reshape(B, H, W, C)
+        return _dwconv_cl(self.mixer, x)
+
+    def _residual(self, x, y, gamma, inplace):
+        if isinstance(self.drop_path, nn.Identity) or not self.training:
+            # no stochastic depth: one fused pass x + y * gamma
+            if inplace and _fast_path():
+                return x.add_(y) if gamma is None else x.addcmul_(y, gamma)
+            return x + y if gamma is None else torch.addcmul(x, y, gamma)
+        if gamma is not None:
+            y = y * gamma
+        return x + self.drop_path(y)
+
+    def _forward(self, x, inplace=False, workspace=None):
+        x = self._residual(x, self._mix(self.norm1(x)), self.gamma1, inplace)
+        # x is now a tensor of this block (unless updated in place already)
+        return self._residual(x, self.ffn(self.norm2(x), workspace), self.gamma2, True)
+
+    def forward(self, x, inplace=False, workspace=None):
+        """``x``: (B, H, W, C). Without autograd, ``inplace=True`` lets the block
+        overwrite ``x`` and ``workspace`` (a dict shared by the blocks of one forward
+        pass) lets it reuse a temporary buffer; the backbone passes both."""
+        if self.with_cp and self.training and torch.is_grad_enabled():
+            return cp.checkpoint(self._forward, x, use_reentrant=False)
+        return self._forward(x, inplace, workspace)
+
+
+class Stem(BaseModule):
+    """7x7 stride-4 convolution (padding 2) + LayerNorm: NCHW image -> (B, H, W, C)."""
+
+    def __init__(self,
+                 in_channels,
+                 channels,
+                 norm_cfg,
+                 kernel_size=7,
+                 stride=4,
+                 padding=2,
+                 init_cfg=None):
+        super().__init__(init_cfg=init_cfg)
+        self.conv = nn.Conv2d(in_channels, channels, kernel_size, stride=stride, padding=padding)
+        self.norm = _layer_norm(channels, norm_cfg)
+
+    def forward(self, x):
+        return self.norm(self.conv(x).permute(0, 2, 3, 1))
+
+
+class Downsample(BaseModule):
+    """LayerNorm + 3x3 stride-2 convolution (padding 1), channels-last in and out."""
+
+    def __init__(self, in_channels, out_channels, norm_cfg, kernel_size=3, stride=2, init_cfg=None):
+        super().__init__(init_cfg=init_cfg)
+        self.norm = _layer_norm(in_channels, norm_cfg)
+        self.conv = nn.Conv2d(
+            in_channels, out_channels, kernel_size, stride=stride, padding=kernel_size // 2)
+
+    def forward(self, x):
+        return _dwconv_cl(self.conv, self.norm(x))
+
+
+@MODELS.register_module()
+class DCCNeXt(BaseModule):
+    """DCCNeXt backbone (`Dynamic Clustering Convolutional Neural Network`, AAAI-25).
+
+    A 4-stage pyramid (strides 4, 8, 16, 32). Stages 1-2 mix tokens with a 7x7
+    depthwise convolution, stages 3-4 with dynamic clustering convolution (DCConv,
+    clusters of 12 and 18 patches, sub-vector interval 8). Every block is
+    LayerNorm -> mixer -> residual, LayerNorm -> Conv-FFN -> residual, with layer scale.
+
+    Args:
+        arch (str | dict): ``'b0'`` ... ``'b4'`` or a dict with ``channels`` and
+            ``depths`` (4 entries each); the dict may also set ``kernel_sizes`` and
+            ``ffn_ratio``, which then override the arguments of the same name.
+        in_channels (int): Input image channels. Defaults to 3.
+        out_indices (int | Sequence[int]): Stages whose outputs are returned;
+            negative indices count from the end. Defaults to -1.
+        frozen_stages (int): Freeze the stem/downsampling layer and the blocks of the
+            first ``frozen_stages`` stages (no gradients, kept in eval mode).
+        norm_eval (bool): Keep batch-statistics norm layers in eval mode while
+            training. DCCNeXt itself has only LayerNorms (no running statistics), so
+            this changes nothing for the default model; kept for config compatibility.
+        drop_path_rate (float): Stochastic depth rate, rising linearly over the blocks.
+        layer_scale_init_value (float): Initial layer scale; 0 disables it.
+        with_cp (bool): Gradient checkpointing of every block (saves memory).
+        gap_before_final_norm (bool): ``True`` (classification): each output is the
+            global average pool of the stage, then its LayerNorm, shape ``(B, C)``.
+            ``False`` (detection/segmentation): each output is the normed map
+            ``(B, C, H, W)``.
+        kernel_sizes (Sequence[int | None]): Per stage, ``None`` for the 7x7 depthwise
+            conv mixer or the DCConv cluster size K. Defaults to ``(None, None, 12, 18)``.
+        subvector_stride (int): DCConv sub-vector sampling interval d. Defaults to 8.
+        dcconv_impl (str): DCConv implementation (``'auto'``, ``'pytorch'``, ...).
+        ffn_ratio (float | Sequence[float]): Conv-FFN expansion ratio. Defaults to 6.
+        dw_kernel_size (int): Kernel of the depthwise-conv mixer. Defaults to 7.
+        norm_cfg (dict): LayerNorm config. Defaults to ``dict(type='LN', eps=1e-6)``.
+        init_cfg (dict | list[dict], optional): Initialisation; e.g.
+            ``dict(type='Pretrained', checkpoint=..., prefix='backbone.')`` to load the
+            backbone of a classifier checkpoint.
+    """
+    arch_settings = {
+        'b0': dict(channels=[32, 64, 160, 256], depths=[3, 3, 5, 2]),
+        'b1': dict(channels=[48, 96, 240, 384], depths=[2, 2, 6, 2]),
+        'b2': dict(channels=[64, 128, 320, 512], depths=[3, 3, 9, 3]),
+        'b3': dict(channels=[96, 192, 384, 576], depths=[3, 12, 18, 3]),
+        'b4': dict(channels=[96, 192, 384, 768], depths=[5, 12, 20, 5]),
+    }
+
+    def __init__(self,
+                 arch='b2',
+                 in_channels=3,
+                 out_indices=-1,
+                 frozen_stages=0,
+                 norm_eval=False,
+                 drop_path_rate=0.,
+                 layer_scale_init_value=1e-6,
+                 with_cp=False,
+                 gap_before_final_norm=True,
+                 kernel_sizes=(None, None, 12, 18),
+                 subvector_stride=8,
+                 dcconv_impl='auto',
+                 ffn_ratio=6.,
+                 dw_kernel_size=7,
+                 norm_cfg=dict(type='LN', eps=1e-6),
+                 init_cfg=[
+                     dict(type='TruncNormal', layer=['Conv2d', 'Linear'], std=.02, bias=0.),
+                     dict(type='Constant', layer=['LayerNorm'], val=1., bias=0.),
+                 ]):
+        super().__init__(init_cfg=init_cfg)
+
+        if isinstance(arch, str):
+            arch = arch.lower()
+            if arch not in self.arch_settings:
+                raise KeyError(f'Unknown DCCNeXt arch {arch!r}; choose from '
+                               f'{sorted(self.arch_settings)} or pass a dict.')
+            arch = self.arch_settings[arch]
+        elif isinstance(arch, dict):
+            missing = {'channels', 'depths'} - set(arch)
+            if missing:
+                raise KeyError(f'The arch dict needs "channels" and "depths"; '
+                               f'missing {sorted(missing)}.')
+            kernel_sizes = arch.get('kernel_sizes', kernel_sizes)
+            ffn_ratio = arch.get('ffn_ratio', ffn_ratio)
+        else:
+            raise TypeError(f'arch must be a str or dict, got {type(arch)}')
+
+        self.channels = list(arch['channels'])
+        self.depths = list(arch['depths'])
+        self.num_stages = len(self.depths)
+        if len(self.channels) != self.num_stages:
+            raise ValueError(f'channels {self.channels} and depths {self.depths} '
+                             'must have the same length.')
+        self.kernel_sizes = list(kernel_sizes)
+        if len(self.kernel_sizes) != self.num_stages:
+            raise ValueError(f'kernel_sizes {self.kernel_sizes} needs one entry per stage.')
+        if isinstance(ffn_ratio, Number):
+            ffn_ratio = [ffn_ratio] * self.num_stages
+        self.ffn_ratios = list(ffn_ratio)
+        if len(self.ffn_ratios) != self.num_stages:
+            raise ValueError(f'ffn_ratio {self.ffn_ratios} needs one entry per stage.')
+
+        if isinstance(out_indices, int):
+            out_indices = [out_indices]
+        if not isinstance(out_indices, Sequence):
+            raise TypeError(f'out_indices must be an int or a sequence, got '
+                            f'{type(out_indices)}')
+        out_indices = list(out_indices)
+        for i, index in enumerate(out_indices):
+            if index < 0:
+                out_indices[i] = index + self.num_stages
+            if not 0 <= out_indices[i] < self.num_stages:
+                raise IndexError(f'Invalid out_indices {index} for {self.num_stages} stages.')
+        self.out_indices = out_indices
+        if not 0 <= frozen_stages <= self.num_stages:
+            raise ValueError(f'frozen_stages must be in [0, {self.num_stages}], '
+                             f'got {frozen_stages}')
+        self.frozen_stages = frozen_stages
+        self.norm_eval = norm_eval
+        self.gap_before_final_norm = gap_before_final_norm
+        self.subvector_stride = subvector_stride
+
+        dpr = torch.linspace(0, drop_path_rate, sum(self.depths)).tolist()
+
+        self.downsample_layers = ModuleList()
+        self.stages = ModuleList()
+        block_idx = 0
+        for i in range(self.num_stages):
+            if i == 0:
+                self.downsample_layers.append(Stem(in_channels, self.channels[0], norm_cfg))
+            else:
+                self.downsample_layers.append(
+                    Downsample(self.channels[i - 1], self.channels[i], norm_cfg))
+            self.stages.append(
+                ModuleList([
+                    DCCNeXtBlock(
+                        self.channels[i],
+                        kernel_size=self.kernel_sizes[i],
+                        subvector_stride=subvector_stride,
+                        dcconv_impl=dcconv_impl,
+                        dw_kernel_size=dw_kernel_size,
+                        ffn_ratio=self.ffn_ratios[i],
+                        norm_cfg=norm_cfg,
+                        drop_path_rate=dpr[block_idx + j],
+                        layer_scale_init_value=layer_scale_init_value,
+                        with_cp=with_cp) for j in range(self.depths[i])
+                ]))
+            block_idx += self.depths[i]
+            if i in self.out_indices:
+                self.add_module(f'norm{i}', _layer_norm(self.channels[i], norm_cfg))
+
+        self._freeze_stages()
+
+    def forward(self, x):
+        outs = []
+        # without autograd: temporaries shared by the blocks of this pass
+        workspace = {} if _fast_path() else None
+        for i in range(self.num_stages):
+            x = self.downsample_layers[i](x)
+            for block in self.stages[i]:
+                # x is never the caller's tensor here, so it may be updated in place
+                x = block(x, inplace=True, workspace=workspace)
+            if i in self.out_indices:
+                norm = getattr(self, f'norm{i}')
+                if self.gap_before_final_norm:
+                    outs.append(norm(x.mean((1, 2))))
+                else:
+                    outs.append(norm(x).permute(0, 3, 1, 2).contiguous())
+        return tuple(outs)
+
+    def _freeze_stages(self):
+        for i in range(self.frozen_stages):
+            for module in (self.downsample_layers[i], self.stages[i]):
+                module.eval()
+                for param in module.parameters():
+                    param.requires_grad = False
+
+    def train(self, mode=True):
+        super().train(mode)
+        self._freeze_stages()
+        if mode and self.norm_eval:
+            for m in self.modules():
+                if isinstance(m, _NormBase):
+                    m.eval()
+        return self
+
+    def get_layer_depth(self, param_name, prefix='', decay_type='layer_wise'):
+        """Depth of a parameter for layer-wise learning-rate decay.
+
+        Compatible with MMPretrain's ``LearningRateDecayOptimWrapperConstructor`` (and
+        ``ImageClassifier.get_layer_depth``) and with
+        :class:`mmdccnext.engine.LearningRateDecayOptimizerConstructor`.
+
+        ``decay_type='layer_wise'``: every block is a layer. The stem has depth 0,
+        block ``j`` (counted over all stages) has depth ``j + 1``, a downsampling layer
+        takes the depth of the first block after it, and everything else (output
+        norms, neck, heads) has the last depth ``sum(depths) + 1``.
+        ``decay_type='stage_wise'``: stem 0, downsampling layer and blocks of stage
+        ``i`` get ``i + 1``, everything else ``num_stages + 1``.
+
+        Args:
+            param_name (str): Parameter name, e.g. ``'backbone.stages.2.3.ffn.fc1.weight'``.
+            prefix (str): Prefix of the backbone's parameters in ``param_name``.
+            decay_type (str): ``'layer_wise'`` or ``'stage_wise'``.
+
+        Returns:
+            tuple[int, int]: ``(layer_depth, num_layers)``; the last depth is
+            ``num_layers - 1``.
+        """
+        if decay_type == 'layer_wise':
+            num_layers = sum(self.depths) + 2
+        elif decay_type == 'stage_wise':
+            num_layers = self.num_stages + 2
+        else:
+            raise ValueError(f"decay_type must be 'layer_wise' or 'stage_wise', "
+                             f'got {decay_type!r}')
+        if not param_name.startswith(prefix):
+            return num_layers - 1, num_layers
+        parts = param_name[len(prefix):].split('.')
+        if parts[0] not in ('downsample_layers', 'stages'):
+            return num_layers - 1, num_layers
+        stage = int(parts[1])
+        if decay_type == 'stage_wise':
+            return (0 if parts[0] == 'downsample_layers' and stage == 0 else stage + 1, num_layers)
+        first_block = sum(self.depths[:stage])
+        if parts[0] == 'downsample_layers':
+            depth = 0 if stage == 0 else first_block + 1
+        else:
+            depth = first_block + int(parts[2]) + 1
+        return depth, num_layers
