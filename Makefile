@@ -1,6 +1,7 @@
 # The two commands a user needs: `make demo` and `make test`. Both set up .venv first.
 PY := .venv/bin/python
 PYTEST_ARGS ?=
+DEMO_ARGS ?=
 
 .PHONY: env demo test lint format clean
 
@@ -8,7 +9,7 @@ env:
 	@bash tools/misc/setup_env.sh
 
 demo: env
-	$(PY) tools/misc/demo.py
+	$(PY) tools/misc/demo.py $(DEMO_ARGS)
 
 lint: env
 	$(PY) -m flake8 mmdccnext tools tests configs setup.py

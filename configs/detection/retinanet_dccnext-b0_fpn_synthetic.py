@@ -7,7 +7,7 @@ _base_ = ['./retinanet_dccnext-b0_fpn_1x_coco.py']
 data_root = 'data/synthetic/coco/'
 metainfo = dict(classes=('circle', 'cross', 'ring', 'square', 'star', 'triangle'))
 img_scale = (256, 192)
-max_epochs = 10
+max_epochs = 5
 
 model = dict(backbone=dict(init_cfg=None), bbox_head=dict(num_classes=6))
 

@@ -1,0 +1,68 @@
+"""tools/train.py and tools/test.py as a user runs them."""
+import os
+import os.path as osp
+import pickle
+import subprocess
+import sys
+
+import pytest
+from mmengine.runner.checkpoint import CheckpointLoader
+
+import mmdccnext  # noqa: F401
+from mmdccnext.apis.zoo import NoWeightsError
+
+REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+sys.path.insert(0, osp.join(REPO, 'tests', 'test_integration'))
+from synthetic_helpers import make_tiny_datasets, tiny_config  # noqa: E402
+
+
+def run_tool(args, cwd, timeout=600):
+    env = dict(os.environ, PYTHONPATH=REPO)
+    return subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def test_real_config_without_data_says_where_and_how(tmp_path):
+    proc = run_tool([osp.join(REPO, 'tools', 'train.py'),
+                     osp.join(REPO, 'configs', 'detection', 'retinanet_dccnext_b2.py')],
+                    cwd=tmp_path)
+    assert proc.returncode != 0
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith('mmdccnext.apis.data_check.DataNotFoundError')
+    assert "'data/coco/'" in last and 'make demo' in last and 'README, section "Data"' in last
+
+
+def test_zoo_entry_without_weights_explains_how_to_get_them():
+    with pytest.raises(NoWeightsError, match='tools/train.py configs/classification/'):
+        CheckpointLoader.load_checkpoint('zoo://dccnext-b2_8xb128_in1k')
+    with pytest.raises(KeyError, match='dccnext-b2_8xb128_in1k'):
+        CheckpointLoader.load_checkpoint('zoo://no-such-model')
+
+
+def test_train_then_test_with_out_and_show_dir(tmp_path):
+    root = make_tiny_datasets(tmp_path / 'data')
+    cfg = tiny_config(
+        'detection/retinanet_dccnext-b0_fpn_synthetic.py', root, tmp_path / 'work',
+        **{'train_cfg': dict(_delete_=True, type='IterBasedTrainLoop', max_iters=2,
+                             val_interval=1000),
+           'train_dataloader.batch_size': 2,
+           'default_hooks.checkpoint': dict(type='CheckpointHook', interval=2,
+                                            by_epoch=False),
+           'test_dataloader.dataset.indices': 2})
+    config = str(tmp_path / 'tiny.py')
+    cfg.dump(config)
+    proc = run_tool([osp.join(REPO, 'tools', 'train.py'), config], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    checkpoint = tmp_path / 'work' / 'iter_2.pth'
+    assert checkpoint.is_file()
+
+    out, show = tmp_path / 'preds.pkl', tmp_path / 'show'
+    proc = run_tool([osp.join(REPO, 'tools', 'test.py'), config, str(checkpoint), '--out',
+                     str(out), '--show-dir', str(show)], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with open(out, 'rb') as f:
+        predictions = pickle.load(f)
+    assert len(predictions) == 2 and 'pred_instances' in predictions[0]
+    pictures = [f for _, _, files in os.walk(show) for f in files
+                if f.endswith(('.jpg', '.png'))]
+    assert len(pictures) == 2
