@@ -63,3 +63,6 @@ train_cfg = dict(by_epoch=True, max_epochs=300, val_interval=1)
 
 # `--auto-scale-lr` rescales lr linearly from the 1024 images per iteration above.
 auto_scale_lr = dict(base_batch_size=1024)
+
+# kill-safe checkpoints: temporary file + rename, outdated ones removed afterwards
+default_hooks = dict(checkpoint=dict(type='mmdccnext.AtomicCheckpointHook'))

@@ -28,3 +28,6 @@ optim_wrapper = dict(
     paramwise_cfg=dict(norm_decay_mult=0., bias_decay_mult=0., flat_decay_mult=0.))
 
 auto_scale_lr = dict(enable=False, base_batch_size=16)
+
+# kill-safe checkpoints: temporary file + rename, outdated ones removed afterwards
+default_hooks = dict(checkpoint=dict(type='mmdccnext.AtomicCheckpointHook'))

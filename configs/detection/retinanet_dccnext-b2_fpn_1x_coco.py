@@ -32,3 +32,6 @@ optim_wrapper = dict(
 
 # lr 1e-4 is for 16 images per iteration; `--auto-scale-lr` rescales for other totals.
 auto_scale_lr = dict(enable=False, base_batch_size=16)
+
+# kill-safe checkpoints: temporary file + rename, outdated ones removed afterwards
+default_hooks = dict(checkpoint=dict(type='mmdccnext.AtomicCheckpointHook'))

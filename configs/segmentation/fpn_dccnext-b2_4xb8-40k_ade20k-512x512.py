@@ -42,3 +42,6 @@ param_scheduler = [
 ]
 # lr 1e-4 is for 32 images per iteration; `--auto-scale-lr` rescales for other totals.
 auto_scale_lr = dict(enable=False, base_batch_size=32)
+
+# kill-safe checkpoints: temporary file + rename, outdated ones removed afterwards
+default_hooks = dict(checkpoint=dict(type='mmdccnext.AtomicCheckpointHook'))

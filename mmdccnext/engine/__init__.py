@@ -1,3 +1,4 @@
+from .hooks import AtomicCheckpointHook
 from .optimizers import LearningRateDecayOptimizerConstructor
 
-__all__ = ['LearningRateDecayOptimizerConstructor']
+__all__ = ['AtomicCheckpointHook', 'LearningRateDecayOptimizerConstructor']
