@@ -6,7 +6,6 @@ pure-PyTorch paths (``mmdccnext.ops`` warns once).
 import glob
 import os
 import os.path as osp
-
 from setuptools import find_packages, setup
 
 

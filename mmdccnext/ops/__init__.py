@@ -3,14 +3,12 @@
 Paths: fused C++ CPU kernels (``mmdccnext._ext``, optional) and pure PyTorch (any device).
 See :mod:`mmdccnext.ops.cluster` and :mod:`mmdccnext.ops.dcconv` for the exact contract.
 """
-from .cluster import (TILE_BYTES, cluster, cluster_bruteforce, cluster_cpu,
-                      cluster_pytorch)
-from .dcconv import (DCConv, aggregate, aggregate_cpu, aggregate_pytorch,
-                     dcconv)
+from .cluster import TILE_BYTES, cluster, cluster_bruteforce, cluster_cpu, cluster_pytorch
+from .dcconv import DCConv, aggregate, aggregate_cpu, aggregate_pytorch, dcconv
 from .ext_loader import ENV_IMPL, IMPLS, ext_available, ext_error
 
 __all__ = [
     'DCConv', 'dcconv', 'cluster', 'aggregate', 'cluster_pytorch', 'aggregate_pytorch',
-    'cluster_cpu', 'aggregate_cpu', 'cluster_bruteforce', 'ext_available', 'ext_error',
-    'IMPLS', 'ENV_IMPL', 'TILE_BYTES'
+    'cluster_cpu', 'aggregate_cpu', 'cluster_bruteforce', 'ext_available', 'ext_error', 'IMPLS',
+    'ENV_IMPL', 'TILE_BYTES'
 ]

@@ -1,0 +1,371 @@
+"""Dynamic clustering of DCConv: the sub-vector K-nearest-neighbour index of every patch.
+
+Contract (every path meets it; ``tests/test_ops`` holds them to it):
+
+* Sub-vectors ``s = x[..., ::d]`` (channels ``0, d, 2d, ...``; ``ceil(C / d)`` of them).
+* Distance between patches ``i`` and ``j`` of the same image: the squared L2 distance computed
+  by *direct differences*, summed over the sub-vector channels in increasing order::
+
+      acc = 0;  for t in 0 .. D-1:  acc = acc + (s[i, t] - s[j, t]) * (s[i, t] - s[j, t])
+
+  with every operation rounded separately (no fused multiply-add), in float32 (float64 for
+  float64 inputs; float16 / bfloat16 inputs are upcast to float32). This is the *canonical*
+  distance. Unlike the ``|a|^2 + |b|^2 - 2ab`` expansion it has no cancellation (distances
+  are >= 0, the distance of a patch to an identical one is exactly 0), and because the
+  order of operations is fixed, every path sees bit-identical distances and so returns
+  identical indices, near-ties included.
+* A NaN distance (NaN or opposite infinities in the inputs) counts as ``+inf``.
+* Cluster of patch ``n``: ``n`` itself first (always, even if another patch is at distance
+  0), then the ``K - 1`` other patches in ascending ``(distance, index)`` order, i.e. ties go
+  to the lower patch index. Indices are always in ``[0, N)``.
+* ``N < K``: the cluster holds all ``N`` patches, the index has last dimension ``min(K, N)``.
+* No gradient flows through the choice (clustering runs under ``torch.no_grad``).
+
+Speed without giving up exactness: both fast paths evaluate a cheaper *screening* distance
+for all pairs (the ``|a|^2 + |b|^2 - 2ab`` expansion on mean-centred sub-vectors - a float64
+matmul here, an FMA kernel in C++), with a rigorous bound on how far it can be from the
+canonical distance; only the candidates the bound cannot rule out get their canonical
+distance evaluated, and the final order is decided on canonical distances alone. Where the
+bound cannot decide (near-ties, duplicated patches, non-finite values) the path falls back
+to evaluating the canonical distance of every pair, for the affected rows or images.
+
+Memory: the PyTorch path works in tiles of (images, rows, columns) of at most
+:data:`TILE_BYTES` (a running top-K merges the column tiles), the C++ kernel in register
+blocks with a per-row candidate list; neither builds the N x N matrix.
+"""
+import math
+import numbers
+
+import torch
+
+from .ext_loader import load_ext, resolve_impl
+
+#: Upper bound of the bytes the PyTorch path allocates per distance tile (distances, the
+#: sort keys and the temporaries of one step); the N x N matrix is never built at once.
+TILE_BYTES = 32 * 2**20
+# Bytes per tile element in the PyTorch path: fp32 accumulator + difference temporary +
+# int64 key + the concatenated candidate keys + topk's copy (rounded up).
+_BYTES_PER_ELEM = 32
+# On the CPU smaller tiles stay in cache and are faster; on accelerators bigger is better.
+_CPU_TILE_BYTES = 2 * 2**20
+
+
+def _check_int(value, name, minimum=1):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ValueError(f'{name} must be an int >= {minimum}, got {value!r}')
+    if value < minimum:
+        raise ValueError(f'{name} must be an int >= {minimum}, got {value}')
+    return int(value)
+
+
+def check_tokens(x, name='x'):
+    """Validate a (B, N, C) token tensor."""
+    if not isinstance(x, torch.Tensor):
+        raise ValueError(f'{name} must be a torch.Tensor, got {type(x).__name__}')
+    if x.dim() != 3:
+        raise ValueError(f'{name} must be (B, N, C) tokens (3-D), got shape {tuple(x.shape)}')
+    B, N, C = x.shape
+    if B == 0:
+        raise ValueError(f'{name} has an empty batch (B = 0), shape {tuple(x.shape)}')
+    if N == 0:
+        raise ValueError(f'{name} has no patches (N = 0), shape {tuple(x.shape)}')
+    if C == 0:
+        raise ValueError(f'{name} has no channels (C = 0), shape {tuple(x.shape)}')
+    if not x.is_floating_point():
+        raise ValueError(f'{name} must be a floating-point tensor, got {x.dtype}')
+
+
+def compute_dtype(dtype):
+    """float64 stays float64; every other floating type is computed in float32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def subvectors(x, subvector_stride=8):
+    """Sub-vectors ``x[..., ::d]`` of (B, N, C) tokens in the compute dtype, contiguous."""
+    return x[..., ::subvector_stride].to(compute_dtype(x.dtype)).contiguous()
+
+
+def _pairwise_sq_dist(rows, cols):
+    """Direct-difference squared distances in the canonical order (see module docstring).
+
+    ``rows`` (b, R, D), ``cols`` (b, Ct, D) -> (b, R, Ct); NaN -> +inf.
+    """
+    b, R, D = rows.shape
+    Ct = cols.shape[1]
+    cols_t = cols.transpose(1, 2)  # (b, D, Ct)
+    acc = rows.new_zeros((b, R, Ct))
+    diff = rows.new_empty((b, R, Ct))
+    for t in range(D):
+        torch.sub(rows[:, :, t:t + 1], cols_t[:, t:t + 1, :], out=diff)
+        diff.mul_(diff)
+        acc.add_(diff)
+    return acc.masked_fill_(torch.isnan(acc), math.inf)
+
+
+def _tile_shape(B, N, device, tile_bytes):
+    if tile_bytes is None:
+        tile_bytes = _CPU_TILE_BYTES if device.type == 'cpu' else TILE_BYTES
+    elems = max(1, min(tile_bytes, TILE_BYTES) // _BYTES_PER_ELEM)
+    col_tile = min(N, elems)
+    row_tile = min(N, max(1, elems // col_tile))
+    batch_tile = min(B, max(1, elems // (row_tile * col_tile)))
+    return batch_tile, row_tile, col_tile
+
+
+def _exact_topk(s, Kc, row_ids, tile_bytes):
+    """Canonical top-Kc of the rows ``row_ids`` of every image of ``s`` (B, N, D).
+
+    Distances in tiles of (batch, rows, columns) with a running top-K; never more than one
+    tile of the N x N matrix. Returns (B, len(row_ids), Kc).
+    """
+    B, N, _ = s.shape
+    R = row_ids.numel()
+    device = s.device
+    out = torch.empty((B, R, Kc), dtype=torch.long, device=device)
+    bt, rt, ct = _tile_shape(B, N, device, tile_bytes)
+    use_keys = s.dtype == torch.float32
+    for b0 in range(0, B, bt):
+        b1 = min(B, b0 + bt)
+        for r0 in range(0, R, rt):
+            r1 = min(R, r0 + rt)
+            rid = row_ids[r0:r1]
+            rows = s[b0:b1].index_select(1, rid)
+            best_key = best_d = best_i = None
+            for c0 in range(0, N, ct):
+                c1 = min(N, c0 + ct)
+                dist = _pairwise_sq_dist(rows, s[b0:b1, c0:c1])
+                col_ids = torch.arange(c0, c1, device=device)
+                is_self = (rid[:, None] == col_ids[None, :]).expand_as(dist)
+                if use_keys:
+                    # distance >= 0 (or +inf), so its float32 bit pattern orders like the
+                    # value; (bits << 32) | index is a unique key ordered by (dist, index).
+                    key = dist.view(torch.int32).to(torch.long).bitwise_left_shift_(32)
+                    key.bitwise_or_(col_ids)
+                    key.masked_fill_(is_self, -1)  # self: the unique minimum
+                    if best_key is not None:
+                        key = torch.cat([best_key, key], dim=-1)
+                    best_key = key.topk(
+                        min(Kc, key.shape[-1]), dim=-1, largest=False, sorted=True).values
+                else:
+                    # float64: stable sort; earlier candidates (lower indices) win ties.
+                    dist.masked_fill_(is_self, -1.0)
+                    ids = col_ids.expand_as(dist)
+                    if best_d is not None:
+                        dist = torch.cat([best_d, dist], dim=-1)
+                        ids = torch.cat([best_i, ids], dim=-1)
+                    order = torch.sort(dist, dim=-1, stable=True).indices[..., :Kc]
+                    best_d = dist.gather(-1, order)
+                    best_i = ids.gather(-1, order)
+            idx = best_key.bitwise_and_(0xFFFFFFFF) if use_keys else best_i
+            idx[..., 0] = rid  # the self key (-1) is always first
+            out[b0:b1, r0:r1] = idx
+    return out
+
+
+def _canonical_sorted(s, r0, cand, tile_bytes):
+    """Canonical distances from rows r0.. of ``s`` (b, N, D) to their candidates ``cand``
+    (b, R, M), computed exactly as in :func:`_pairwise_sq_dist`; returns both sorted by
+    (distance, index). Row chunks keep the gathered (b, rows, M, D) values within budget."""
+    b, R, M = cand.shape
+    D = s.shape[-1]
+    budget = (TILE_BYTES if tile_bytes is None else tile_bytes) // (3 * s.element_size())
+    chunk = max(1, min(R, budget // max(1, b * M * D)))
+    cands, accs = [], []
+    for q0 in range(0, R, chunk):
+        q1 = min(R, q0 + chunk)
+        cq = cand[:, q0:q1]
+        vals = torch.gather(s[:, None].expand(-1, q1 - q0, -1, -1), 2,
+                            cq[..., None].expand(-1, -1, -1, D))  # (b, rows, M, D)
+        rows = s[:, r0 + q0:r0 + q1]
+        acc = torch.zeros(cq.shape, dtype=s.dtype, device=s.device)
+        diff = torch.empty_like(acc)
+        for t in range(D):
+            torch.sub(rows[:, :, t:t + 1], vals[..., t], out=diff)
+            diff.mul_(diff)
+            acc.add_(diff)
+        acc.masked_fill_(torch.isnan(acc), math.inf)
+        # sort by (canonical distance, index): stable sorts, index first
+        o1 = torch.sort(cq, dim=-1, stable=True).indices
+        cq, acc = cq.gather(-1, o1), acc.gather(-1, o1)
+        o2 = torch.sort(acc, dim=-1, stable=True).indices
+        cands.append(cq.gather(-1, o2))
+        accs.append(acc.gather(-1, o2))
+    return torch.cat(cands, dim=1), torch.cat(accs, dim=1)
+
+
+#: Extra candidates the screened path verifies beyond the K - 1 it needs.
+_SCREEN_EXTRA = 8
+
+
+def _screened_topk(s, Kc, tile_bytes):
+    """Screened top-Kc of every row of ``s`` (B, N, D), all values finite.
+
+    A float64 screen |c_i|^2 + |c_j|^2 - 2 <c_i, c_j> on the sub-vectors centred on the image
+    mean (batched matmuls, tiled, running top-(M + 1) with M = Kc - 1 + extra) proposes M
+    candidates per row; their canonical distances are computed exactly as in
+    :func:`_pairwise_sq_dist` and sorted by (distance, index). The result is certified when
+    the smallest screened distance left out is provably larger than the (Kc - 1)-th canonical
+    distance kept: with E_i = (2D + 12) u64 (|c_i|^2 + max_j |c_j|^2) the screen is within E_i
+    (+ u64 S) of the exact squared distance S, and the canonical distance is at least
+    S (1 - (D + 4) u) (u of the compute dtype). Returns (idx, certified) with ``certified``
+    a (B, N) bool tensor; rows that are not certified must be redone exactly.
+    """
+    B, N, D = s.shape
+    m = Kc - 1
+    M = min(N - 1, m + _SCREEN_EXTRA)
+    device = s.device
+    c = s.double()
+    c = c - c.mean(dim=1, keepdim=True)
+    nrm = (c * c).sum(-1)  # (B, N)
+    u64 = torch.finfo(torch.float64).eps / 2
+    u = torch.finfo(s.dtype).eps / 2
+    eps = (2 * D + 12) * u64 * (nrm + nrm.amax(dim=1, keepdim=True)) * (1 + 1e-6)
+    # few large tiles (the work is in matmuls and top-k, not in cache-bound element-wise ops)
+    bt, rt, ct = _tile_shape(B, N, device, TILE_BYTES if tile_bytes is None else tile_bytes)
+    keep = min(N, M + 2)  # self (forced first) + M candidates + the first one left out
+    idx = torch.empty((B, N, Kc), dtype=torch.long, device=device)
+    certified = torch.empty((B, N), dtype=torch.bool, device=device)
+    for b0 in range(0, B, bt):
+        b1 = min(B, b0 + bt)
+        for r0 in range(0, N, rt):
+            r1 = min(N, r0 + rt)
+            rows = c[b0:b1, r0:r1]
+            row_ids = torch.arange(r0, r1, device=device)
+            best_v = best_i = None
+            for c0 in range(0, N, ct):
+                c1 = min(N, c0 + ct)
+                # |c_j|^2 - 2 <c_i, c_j>: the row's own |c_i|^2 does not change its ranking
+                # and is added to the kept values only
+                scr = torch.baddbmm(
+                    nrm[b0:b1, None, c0:c1], rows, c[b0:b1, c0:c1].transpose(1, 2), alpha=-2)
+                col_ids = torch.arange(c0, c1, device=device)
+                lo, hi = max(r0, c0), min(r1, c1)  # self: column == row
+                if lo < hi:
+                    diag = torch.arange(lo, hi, device=device)
+                    scr[:, diag - r0, diag - c0] = -math.inf
+                ids = col_ids.expand_as(scr)
+                if best_v is not None:
+                    scr = torch.cat([best_v, scr], dim=-1)
+                    ids = torch.cat([best_i, ids], dim=-1)
+                k = min(keep, scr.shape[-1])
+                best_v, pos = scr.topk(k, dim=-1, largest=False, sorted=True)
+                best_i = ids.gather(-1, pos)
+            cand = best_i[..., 1:M + 1]  # drop self
+            cand, acc = _canonical_sorted(s[b0:b1], r0, cand, tile_bytes)
+            idx[b0:b1, r0:r1, 0] = row_ids
+            idx[b0:b1, r0:r1, 1:] = cand[..., :m]
+            if best_v.shape[-1] <= M + 1:  # every other patch is a candidate
+                certified[b0:b1, r0:r1] = True
+                continue
+            left_out = best_v[..., M + 1] + nrm[b0:b1, r0:r1]
+            lower = (left_out - eps[b0:b1, r0:r1]) * (1 - (D + 5) * u * 1.01)
+            tiny = torch.finfo(s.dtype).smallest_normal * torch.finfo(s.dtype).eps
+            lower = lower - 4 * (D + 4) * tiny  # subnormal canonical distances
+            worst_kept = acc[..., m - 1].double()
+            certified[b0:b1, r0:r1] = lower > worst_kept
+    return idx, certified
+
+
+@torch.no_grad()
+def cluster_pytorch(x, kernel_size, subvector_stride=8, tile_bytes=None, method='screened'):
+    """Pure-PyTorch clustering (any device), memory-bounded by tiles and a running top-K.
+
+    Args:
+        x (Tensor): (B, N, C) tokens.
+        kernel_size (int): K, the cluster size (patch itself + K - 1 neighbours).
+        subvector_stride (int): d, distances use channels ``0, d, 2d, ...``.
+        tile_bytes (int, optional): bytes budget of one tile (capped at :data:`TILE_BYTES`);
+            default: :data:`TILE_BYTES` for the screen, and for the exact evaluation 2 MiB
+            on the CPU (cache-sized) and :data:`TILE_BYTES` elsewhere.
+        method (str): ``'exact'`` evaluates the canonical distance of every pair (the
+            reference); ``'screened'`` (default) proposes candidates with a float64 matmul
+            screen, evaluates the canonical distance of those only and certifies the result,
+            redoing exactly the rows it cannot certify (near-ties, e.g. duplicated patches) and
+            the images with non-finite values. Both return the same indices.
+
+    Returns:
+        LongTensor: (B, N, min(K, N)) indices into the N patches of the same image.
+    """
+    check_tokens(x)
+    K = _check_int(kernel_size, 'kernel_size')
+    d = _check_int(subvector_stride, 'subvector_stride')
+    if method not in ('exact', 'screened'):
+        raise ValueError(f"method must be 'exact' or 'screened', got {method!r}")
+    s = subvectors(x, d)
+    B, N, _ = s.shape
+    Kc = min(K, N)
+    device = s.device
+    all_rows = torch.arange(N, device=device)
+    if Kc == 1:
+        return all_rows.expand(B, N)[..., None].clone()
+    if method == 'exact':
+        return _exact_topk(s, Kc, all_rows, tile_bytes)
+    regular = torch.isfinite(s).flatten(1).all(dim=1)
+    if s.dtype == torch.float64:  # keep the float64 screen far from overflow
+        regular &= s.abs().flatten(1).amax(dim=1) < 1e100
+    out = torch.empty((B, N, Kc), dtype=torch.long, device=device)
+    reg = regular.nonzero().flatten().tolist()
+    irr = (~regular).nonzero().flatten().tolist()
+    for b in irr:
+        out[b:b + 1] = _exact_topk(s[b:b + 1], Kc, all_rows, tile_bytes)
+    if reg:
+        sel = torch.tensor(reg, device=device)
+        idx, certified = _screened_topk(s.index_select(0, sel), Kc, tile_bytes)
+        out.index_copy_(0, sel, idx)
+        if not bool(certified.all()):
+            for q, b in enumerate(reg):
+                redo = (~certified[q]).nonzero().flatten()
+                if redo.numel():
+                    out[b, redo] = _exact_topk(s[b:b + 1], Kc, redo, tile_bytes)[0]
+    return out
+
+
+@torch.no_grad()
+def cluster_bruteforce(x, kernel_size, subvector_stride=8):
+    """Float64 brute-force reference (N x N matrix; tests only, small N)."""
+    check_tokens(x)
+    s = x[..., ::subvector_stride].double()
+    B, N, _ = s.shape
+    Kc = min(kernel_size, N)
+    dist = ((s[:, :, None, :] - s[:, None, :, :])**2).sum(-1)
+    dist = dist.masked_fill(torch.isnan(dist), math.inf)
+    eye = torch.eye(N, dtype=torch.bool, device=x.device)
+    dist = dist.masked_fill(eye, -1.0)
+    return torch.sort(dist, dim=-1, stable=True).indices[..., :Kc]
+
+
+@torch.no_grad()
+def cluster_cpu(x, kernel_size, subvector_stride=8):
+    """Fused C++ clustering: screening distances in register blocks (FMA), a certified
+    candidate list per row, canonical distances for the candidates only (see
+    ``csrc/dcconv_cpu.cpp``); same indices as :func:`cluster_pytorch`."""
+    check_tokens(x)
+    K = _check_int(kernel_size, 'kernel_size')
+    d = _check_int(subvector_stride, 'subvector_stride')
+    ext = load_ext()
+    if ext is None:
+        raise RuntimeError('cluster_cpu needs the C++ extension mmdccnext._ext')
+    if x.device.type != 'cpu':
+        raise RuntimeError(f'cluster_cpu needs a CPU tensor, got one on {x.device}')
+    return ext.cluster_forward(subvectors(x, d), K)
+
+
+def cluster(x, kernel_size, subvector_stride=8, impl='auto'):
+    """Indices of the dynamic clusters of (B, N, C) tokens.
+
+    Args:
+        x (Tensor): (B, N, C) tokens.
+        kernel_size (int): K, the cluster size.
+        subvector_stride (int): d, the sub-vector sampling interval (1: full vectors).
+        impl (str): 'auto' | 'cpu' | 'pytorch' (see :func:`resolve_impl`).
+
+    Returns:
+        LongTensor: (B, N, min(K, N)); ``[..., 0]`` is the patch itself.
+    """
+    check_tokens(x)
+    _check_int(kernel_size, 'kernel_size')
+    _check_int(subvector_stride, 'subvector_stride')
+    path = resolve_impl(impl, x)
+    if path == 'cpu':
+        return cluster_cpu(x, kernel_size, subvector_stride)
+    return cluster_pytorch(x, kernel_size, subvector_stride)

@@ -1,0 +1,101 @@
+"""Loading of the optional C++ extension ``mmdccnext._ext`` and choice of the DCConv path.
+
+The extension is optional: when it cannot be imported, every operator falls back to its
+pure-PyTorch path and ONE ``UserWarning`` is issued (on the first call that had to fall back),
+never an import error.
+"""
+import importlib
+import os
+import warnings
+
+IMPLS = ('auto', 'cpu', 'pytorch')
+ENV_IMPL = 'MMDCCNEXT_DCCONV_IMPL'
+
+_EXT_MODULE = 'mmdccnext._ext'
+_state = {'loaded': False, 'module': None, 'error': None, 'warned': False}
+
+
+def _import_ext():
+    """Import the compiled module (separate function so tests can monkeypatch it)."""
+    return importlib.import_module(_EXT_MODULE)
+
+
+def load_ext():
+    """Return the compiled module ``mmdccnext._ext`` or ``None`` if it is not available.
+
+    The import is attempted once and cached; :func:`reset_ext_cache` forgets the result.
+    """
+    if not _state['loaded']:
+        _state['loaded'] = True
+        try:
+            _state['module'] = _import_ext()
+        except Exception as exc:  # ImportError, or an ABI mismatch raising OSError
+            _state['module'] = None
+            _state['error'] = f'{type(exc).__name__}: {exc}'
+    return _state['module']
+
+
+def ext_available():
+    """Whether the fused C++ CPU kernels can be used."""
+    return load_ext() is not None
+
+
+def ext_error():
+    """Why the extension could not be imported (``None`` if it was)."""
+    load_ext()
+    return _state['error']
+
+
+def reset_ext_cache():
+    """Forget the cached import result and the warned-once flag (for tests)."""
+    _state.update(loaded=False, module=None, error=None, warned=False)
+
+
+def _warn_fallback_once():
+    if not _state['warned']:
+        _state['warned'] = True
+        warnings.warn(
+            'mmdccnext: the C++ extension mmdccnext._ext is not available '
+            f'({_state["error"]}); DCConv runs on its (slower) pure-PyTorch path. Build it '
+            'with `pip install --no-build-isolation -e .` (MMDCCNEXT_WITH_EXT unset or 1).',
+            UserWarning,
+            stacklevel=3)
+
+
+def resolve_impl(impl, tensor):
+    """Map ``impl`` ('auto' | 'cpu' | 'pytorch') to the path that will run: 'cpu' or 'pytorch'.
+
+    ``'auto'`` is first replaced by the environment variable ``MMDCCNEXT_DCCONV_IMPL`` when it
+    is set, then means: fused C++ kernels for CPU tensors when the extension is importable,
+    the PyTorch path otherwise. ``'cpu'`` raises a ``RuntimeError`` when the extension is
+    missing or the tensor is not on the CPU.
+    """
+    if impl not in IMPLS:
+        raise ValueError(f'impl must be one of {IMPLS}, got {impl!r}')
+    if impl == 'auto':
+        env = os.environ.get(ENV_IMPL, '').strip().lower()
+        if env:
+            if env not in IMPLS:
+                raise ValueError(
+                    f'environment variable {ENV_IMPL} must be one of {IMPLS}, got {env!r}')
+            impl = env
+    if impl == 'pytorch':
+        return 'pytorch'
+    on_cpu = tensor.device.type == 'cpu'
+    if impl == 'cpu':
+        if not on_cpu:
+            raise RuntimeError(
+                f"impl='cpu' runs the fused C++ CPU kernels, but the input is on "
+                f"{tensor.device}; use impl='pytorch' or 'auto' for non-CPU tensors.")
+        if load_ext() is None:
+            raise RuntimeError("impl='cpu' needs the C++ extension mmdccnext._ext, which cannot be "
+                               f'imported ({_state["error"]}). Build it with `pip install '
+                               "--no-build-isolation -e .`, or use impl='pytorch'.")
+        return 'cpu'
+    # auto
+    if not on_cpu:
+        return 'pytorch'
+    if load_ext() is None:
+        _warn_fallback_once()
+        return 'pytorch'
+    return 'cpu'
