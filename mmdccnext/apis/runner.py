@@ -47,7 +47,11 @@ def enable_amp(cfg):
     cfg.optim_wrapper.setdefault('loss_scale', 'dynamic')
 
 
-def build_runner(cfg):
+def prepare_runner(cfg, args, loaders):
+    """Check the data of ``loaders``, settle the (CPU) distributed set-up, build the Runner."""
+    check_data_roots(cfg, loaders, args.config)
+    os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
+    setup_cpu_distributed(cfg)
     if 'runner_type' in cfg:
         return RUNNERS.build(cfg)
     return Runner.from_cfg(cfg)
@@ -67,11 +71,7 @@ def train_from_args(args):
         if 'auto_scale_lr' not in cfg or 'base_batch_size' not in cfg.auto_scale_lr:
             raise ValueError('--auto-scale-lr: the config has no auto_scale_lr.base_batch_size')
         cfg.auto_scale_lr.enable = True
-    check_data_roots(cfg, ('train_dataloader', 'val_dataloader'), args.config)
-    if 'LOCAL_RANK' not in os.environ:
-        os.environ['LOCAL_RANK'] = str(args.local_rank)
-    setup_cpu_distributed(cfg)
-    runner = build_runner(cfg)
+    runner = prepare_runner(cfg, args, ('train_dataloader', 'val_dataloader'))
     runner.train()
     return runner
 
@@ -109,9 +109,5 @@ def test_from_args(args):
         enable_show_dir(cfg, args.show_dir)
     if args.out:
         add_dump_metric(cfg, args.out)
-    check_data_roots(cfg, ('test_dataloader', ), args.config)
-    if 'LOCAL_RANK' not in os.environ:
-        os.environ['LOCAL_RANK'] = str(args.local_rank)
-    setup_cpu_distributed(cfg)
-    runner = build_runner(cfg)
+    runner = prepare_runner(cfg, args, ('test_dataloader', ))
     return runner.test()
