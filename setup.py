@@ -6,7 +6,14 @@ pure-PyTorch paths (``mmdccnext.ops`` warns once).
 import glob
 import os
 import os.path as osp
+import shutil
 from setuptools import find_packages, setup
+from setuptools.command.build_py import build_py
+
+# What OpenMMLab's `mim` reads from an installed package's `<package>/.mim/` (as mmdet's and
+# mmpretrain's wheels carry it): `mim download` the model index, `mim train/test` configs and
+# tools. mmdccnext.apis.zoo reads the same copy when there is no source checkout.
+MIM_FILES = ('configs', 'tools', 'model-index.yml')
 
 
 def get_version():
@@ -41,7 +48,34 @@ def get_extensions():
     return [ext], {'build_ext': BuildExtension.with_options(use_ninja=True)}
 
 
+class BuildPyWithMim(build_py):
+    """``build_py`` that also copies ``MIM_FILES`` into ``mmdccnext/.mim`` of the build.
+
+    Copied into the build directory only (wheel, sdist-built wheel, ``pip install .``), so
+    the source tree never holds copies that could go stale. An editable install needs none:
+    the zoo reads the checkout; ``mim`` cannot locate editable (PEP 660) installs at all.
+    """
+
+    def run(self):
+        super().run()
+        if getattr(self, 'editable_mode', False):
+            return
+        repo = osp.dirname(osp.abspath(__file__))
+        mim_dir = osp.join(self.build_lib, 'mmdccnext', '.mim')
+        for name in MIM_FILES:
+            source, target = osp.join(repo, name), osp.join(mim_dir, name)
+            if osp.isdir(target):
+                shutil.rmtree(target)
+            if osp.isdir(source):
+                shutil.copytree(source, target,
+                                ignore=shutil.ignore_patterns('__pycache__', '*.pyc'))
+            elif osp.isfile(source):
+                os.makedirs(mim_dir, exist_ok=True)
+                shutil.copyfile(source, target)
+
+
 ext_modules, cmdclass = get_extensions()
+cmdclass['build_py'] = BuildPyWithMim
 
 setup(
     name='mmdccnext',

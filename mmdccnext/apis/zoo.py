@@ -1,64 +1,143 @@
-"""Model-zoo names as checkpoint paths: ``zoo://<metafile model name>``.
+"""The model zoo: ``model-index.yml``, the metafiles it imports, and ``zoo://<name>``.
 
-Configs name their pretrained weights by zoo name (``zoo://dccnext-b2_8xb128_in1k``);
-MMEngine's ``CheckpointLoader`` dispatches that scheme here. The name is looked up in the
-``metafile.yml`` files of the configs; an entry without ``Weights`` (no checkpoint has
-been released) gives one clear error saying how to get weights.
+``model-index.yml`` (repository root; ``mmdccnext/.mim/`` in an installed package, where
+``mim`` looks too) imports one ``metafile.yml`` per task folder of ``configs/``; each model
+entry names its config and, once a checkpoint is published, its ``Weights`` URL (file name
+``<name>_<YYYYMMDD>-<sha256[:8]>.pth``) and optionally ``Weights SHA256`` (the full hash).
+
+Configs name pretrained weights by zoo name (``zoo://dccnext-b2_8xb128_in1k``); MMEngine's
+``CheckpointLoader`` dispatches that scheme here, and the weights are fetched through the
+verified, cached download of :mod:`mmdccnext.apis.download` (from the mirror in
+``$MMDCCNEXT_MODEL_ZOO_MIRROR`` when set). An entry without ``Weights`` (nothing released
+yet) gives one clear error saying how to get weights. ``$MMDCCNEXT_MODEL_INDEX`` points the
+zoo at another model-index file.
 """
-import glob
+import os
 import os.path as osp
 
 from mmengine.fileio import load
 from mmengine.runner.checkpoint import CheckpointLoader
 
+from .download import download_checkpoint, load_checkpoint_from_url, mirrored_url
+
 ZOO_PREFIX = 'zoo://'
+INDEX_ENV = 'MMDCCNEXT_MODEL_INDEX'
 
 
 class NoWeightsError(FileNotFoundError):
-    pass
+    """The model-zoo entry exists, but no checkpoint of it has been released."""
 
 
-def configs_root():
-    """``configs/`` of a source checkout, or the copy mim packages as ``mmdccnext/.mim``."""
+def model_index_file():
+    """``$MMDCCNEXT_MODEL_INDEX``, else the source checkout's ``model-index.yml``, else the
+    copy packaged in ``mmdccnext/.mim`` (``pip install .``, as ``mim`` expects it)."""
+    from_env = os.environ.get(INDEX_ENV)
+    if from_env:
+        if not osp.isfile(from_env):
+            raise FileNotFoundError(f'${INDEX_ENV}={from_env!r}: no such model-index file')
+        return from_env
     package = osp.dirname(osp.dirname(osp.abspath(__file__)))
-    candidates = (osp.join(package, '.mim', 'configs'),
-                  osp.join(osp.dirname(package), 'configs'))
-    for root in candidates:
-        if osp.isdir(root):
-            return root
-    raise FileNotFoundError(f'no configs/ folder next to {package}')
+    candidates = (osp.join(osp.dirname(package), 'model-index.yml'),
+                  osp.join(package, '.mim', 'model-index.yml'))
+    for candidate in candidates:
+        if osp.isfile(candidate):
+            return candidate
+    raise FileNotFoundError(f'no model-index.yml at {" or ".join(candidates)}; set '
+                            f'${INDEX_ENV} to the model index to use')
 
 
-def model_index(root=None):
-    """``{name: metafile entry}`` over every ``configs/**/metafile.yml``."""
-    root = root or configs_root()
-    entries = {}
-    for metafile in sorted(glob.glob(osp.join(root, '**', 'metafile.yml'), recursive=True)):
-        for model in load(metafile).get('Models', []):
-            entries[model['Name']] = model
+def configs_root(index_file=None):
+    """The ``configs/`` folder next to the model index."""
+    return osp.join(osp.dirname(index_file or model_index_file()), 'configs')
+
+
+def load_model_index(index_file=None):
+    """``{name: entry}`` over ``model-index.yml`` and every metafile it imports."""
+    index_file = index_file or model_index_file()
+    root = osp.dirname(index_file)
+    index = load(index_file) or {}
+    sources = [(index_file, index)]
+    for metafile in index.get('Import', []):
+        path = osp.join(root, metafile)
+        if not osp.isfile(path):
+            raise FileNotFoundError(f'{index_file} imports {metafile}, which does not exist')
+        sources.append((path, load(path) or {}))
+    entries, origin = {}, {}
+    for path, content in sources:
+        for model in content.get('Models') or []:
+            name = model.get('Name')
+            if not name:
+                raise ValueError(f'{path}: a model entry without Name: {model}')
+            if name in entries:
+                raise ValueError(f'{path}: model name {name!r} is already used in {origin[name]}')
+            entries[name], origin[name] = model, path
     return entries
 
 
-def lookup(name, root=None):
-    models = model_index(root)
+def lookup(name, index_file=None):
+    """The entry called ``name`` (``zoo://`` prefix optional)."""
+    name = name[len(ZOO_PREFIX):] if name.startswith(ZOO_PREFIX) else name
+    models = load_model_index(index_file)
     if name not in models:
         raise KeyError(f'{ZOO_PREFIX}{name}: no model of that name in the model zoo; known '
                        f'names: {", ".join(sorted(models))}')
     return models[name]
 
 
-def load_from_zoo(filename, map_location=None):
-    name = filename[len(ZOO_PREFIX):]
-    model = lookup(name)
-    weights = model.get('Weights')
-    if not weights:
-        config = model.get('Config', 'its config')
+def find_entry(name_or_config, index_file=None):
+    """The entry for a zoo name or for one of the zoo's config files (path or file name)."""
+    if not name_or_config.endswith('.py'):
+        return lookup(name_or_config, index_file)
+    index_file = index_file or model_index_file()
+    root = osp.dirname(index_file)
+    models = load_model_index(index_file).values()
+    if osp.isfile(name_or_config):
+        wanted = osp.realpath(name_or_config)
+        for model in models:
+            if osp.realpath(osp.join(root, model.get('Config', ''))) == wanted:
+                return model
+    # e.g. a checkout's config while the index is an installed package's copy
+    same_name = [m for m in models
+                 if osp.basename(m.get('Config', '')) == osp.basename(name_or_config)]
+    if len(same_name) == 1:
+        return same_name[0]
+    raise KeyError(f'{name_or_config}: no model-zoo entry has this config (see '
+                   f'{index_file} and the metafiles it imports)')
+
+
+def weights_of(entry):
+    """``(url, sha256 or None)`` of an entry's released checkpoint, mirror applied."""
+    url = entry.get('Weights')
+    if not url:
+        name = entry['Name']
+        config = entry.get('Config', 'its config')
         raise NoWeightsError(
-            f'{filename}: no checkpoint of {name} has been released yet. Train it with '
-            f'`python tools/train.py {config}`, then pass the file, e.g. '
+            f'{ZOO_PREFIX}{name}: no checkpoint of {name} has been released yet. Train it with '
+            f'`python tools/train.py {config}` and use the checkpoint file instead of the zoo '
+            f'name; where a config names it as pretrained backbone, pass the file with '
             f'--cfg-options model.backbone.init_cfg.checkpoint=work_dirs/.../epoch_300.pth '
             f'(or model.backbone.init_cfg=None to start from scratch).')
-    return CheckpointLoader.load_checkpoint(weights, map_location=map_location)
+    return mirrored_url(url), entry.get('Weights SHA256')
+
+
+def fetch_checkpoint(source, cache_dir=None, progress=True, index_file=None):
+    """Local path of a verified checkpoint, downloaded into the cache when not there yet.
+
+    Args:
+        source (str): a zoo name (``zoo://`` optional), a config file of the zoo, or an
+            http(s) URL.
+        cache_dir (str, optional): default ``$TORCH_HOME/hub/checkpoints``.
+    """
+    if source.startswith(('http://', 'https://')):
+        return download_checkpoint(source, cache_dir=cache_dir, progress=progress)
+    url, sha256 = weights_of(find_entry(source, index_file))
+    return download_checkpoint(url, sha256, cache_dir=cache_dir, progress=progress)
+
+
+def load_from_zoo(filename, map_location=None):
+    """``CheckpointLoader`` scheme ``zoo://<name>``."""
+    url, sha256 = weights_of(lookup(filename))
+    return load_checkpoint_from_url(url, map_location=map_location, sha256=sha256)
 
 
 def register_zoo_loader():

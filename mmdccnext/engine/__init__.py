@@ -1,4 +1,6 @@
-from .hooks import AtomicCheckpointHook
+from .hooks import AtomicCheckpointHook, ClusterVisualizationHook
 from .optimizers import LearningRateDecayOptimizerConstructor
 
-__all__ = ['AtomicCheckpointHook', 'LearningRateDecayOptimizerConstructor']
+__all__ = [
+    'AtomicCheckpointHook', 'ClusterVisualizationHook', 'LearningRateDecayOptimizerConstructor'
+]

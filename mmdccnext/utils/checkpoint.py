@@ -6,9 +6,9 @@ without arguments, so checkpoints written by mmengine's own runner (which pickle
 ``resume=True`` fails. Here the local-file loader is replaced by one that keeps
 ``weights_only=True`` and allow-lists exactly those classes (plus a ``getattr`` that only
 resolves ``HistoryBuffer``'s own statistics methods, which is how pickle names them), and
-the http(s) loader by one
-that passes ``weights_only=True`` explicitly (torch.hub's default is ``False``), so no file
-is ever unpickled with arbitrary globals.
+the http(s) loader by the verified, cached download of ``mmdccnext.apis.download``, which
+loads with ``weights_only=True`` and nothing allow-listed (torch.hub's default is
+``weights_only=False``), so no file is ever unpickled with arbitrary globals.
 """
 import inspect
 import os.path as osp
@@ -66,11 +66,12 @@ def load_from_local(filename, map_location=None):
 
 
 def load_from_http(filename, map_location=None, model_dir=None, progress=True):
-    """Network checkpoints: plain tensors and containers only (``weights_only=True``)."""
-    from torch.hub import load_state_dict_from_url
-    return load_state_dict_from_url(
-        filename, model_dir=model_dir, map_location=map_location,
-        progress=progress, weights_only=True)
+    """Network checkpoints: verified, cached download (``mmdccnext.apis.download``), then
+    plain tensors and containers only (``weights_only=True``)."""
+    # imported when used: mmdccnext.utils loads first (before the mmcv check), apis later
+    from mmdccnext.apis.download import load_checkpoint_from_url
+    return load_checkpoint_from_url(
+        filename, map_location=map_location, cache_dir=model_dir, progress=progress)
 
 
 def register_checkpoint_loaders():
