@@ -5,7 +5,7 @@ _base_ = ['./mask-rcnn_dccnext-b0_fpn_1x_coco.py']
 
 data_root = 'data/synthetic/coco/'
 metainfo = dict(classes=('circle', 'cross', 'ring', 'square', 'star', 'triangle'))
-img_scale = (256, 192)
+img_scale = (160, 128)
 max_epochs = 10
 
 model = dict(

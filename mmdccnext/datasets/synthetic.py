@@ -72,11 +72,11 @@ SYNTHETIC_ADE20K_CLASSES = _ADE20K_FIRST_CLASSES[:len(SYNTHETIC_CLASSES)]
 #: Default parameters of each task (``make demo`` uses the COCO ones).
 DEFAULTS = dict(
     coco=dict(
-        num_train=300,
-        num_val=50,
-        image_size=(256, 192),
-        object_size=(24, 90),
-        objects_per_image=(1, 5)),
+        num_train=600,
+        num_val=100,
+        image_size=(160, 128),
+        object_size=(28, 80),
+        objects_per_image=(1, 4)),
     ade20k=dict(
         num_train=200,
         num_val=50,
