@@ -357,7 +357,7 @@ def cluster(x, kernel_size, subvector_stride=8, impl='auto'):
         x (Tensor): (B, N, C) tokens.
         kernel_size (int): K, the cluster size.
         subvector_stride (int): d, the sub-vector sampling interval (1: full vectors).
-        impl (str): 'auto' | 'cpu' | 'pytorch' (see :func:`resolve_impl`).
+        impl (str): 'auto' | 'cpu' | 'pytorch' | 'export' (see :func:`resolve_impl`).
 
     Returns:
         LongTensor: (B, N, min(K, N)); ``[..., 0]`` is the patch itself.
@@ -368,4 +368,7 @@ def cluster(x, kernel_size, subvector_stride=8, impl='auto'):
     path = resolve_impl(impl, x)
     if path == 'cpu':
         return cluster_cpu(x, kernel_size, subvector_stride)
+    if path == 'export':
+        from .export import cluster_export  # imports this module
+        return cluster_export(x, kernel_size, subvector_stride)
     return cluster_pytorch(x, kernel_size, subvector_stride)

@@ -15,6 +15,8 @@ threads; on CUDA the PyTorch backward uses ``scatter_add_``, deterministic only 
 ``k``, starting from the bias, one rounding per multiply and per add in float32 (float64 for
 float64 inputs), so both paths give bit-identical forward outputs on the CPU. float16 /
 bfloat16 inputs are computed in float32 and the output is cast back to the input dtype.
+A third path in standard ops (``impl='export'``, :mod:`mmdccnext.ops.export`) is what ONNX
+export and tracing record; it follows the same order (the same outputs in PyTorch).
 
 When the cluster is smaller than the kernel (N < K), only the taps ``W[:N]`` are used and the
 gradient of ``W[N:]`` is zero.
@@ -26,6 +28,7 @@ from torch.autograd.function import once_differentiable
 
 from mmdccnext.registry import MODELS
 from .cluster import _check_int, check_tokens, cluster, compute_dtype
+from .export import aggregate_export
 from .ext_loader import IMPLS, load_ext, resolve_impl
 
 
@@ -122,6 +125,8 @@ def aggregate(x, idx, weight, bias=None, impl='auto'):
 
 
 def _aggregate(x, idx, weight, bias, path):
+    if path == 'export':
+        return aggregate_export(x, idx, weight, bias)
     out_dtype = x.dtype
     cdtype = compute_dtype(torch.promote_types(x.dtype, weight.dtype))
     Kc = idx.shape[-1]
@@ -198,8 +203,9 @@ def dcconv(x,
         bias (Tensor, optional): (C,).
         kernel_size (int, optional): K; checked against ``weight.shape[0]`` if given.
         subvector_stride (int): d, clustering uses channels ``0, d, 2d, ...``.
-        impl (str): 'auto' | 'cpu' | 'pytorch'; 'auto' can be overridden with the environment
-            variable ``MMDCCNEXT_DCCONV_IMPL``.
+        impl (str): 'auto' | 'cpu' | 'pytorch' | 'export'; 'auto' can be overridden with
+            the environment variable ``MMDCCNEXT_DCCONV_IMPL``. While exporting or tracing,
+            every impl runs 'export' (standard ops, :mod:`mmdccnext.ops.export`).
         idx (LongTensor, optional): (B, N, min(K, N)) precomputed clusters; skips clustering.
         return_indices (bool): also return ``idx``.
 
@@ -224,7 +230,7 @@ def dcconv(x,
     _check_aggregate_args(tokens, idx, weight, bias, kernel_size)
     path = resolve_impl(impl, tokens)
     if idx is None:
-        idx = cluster(tokens, weight.shape[0], subvector_stride, impl=path)
+        idx = cluster(tokens, int(weight.shape[0]), subvector_stride, impl=path)
     out = _aggregate(tokens, idx, weight, bias, path)
     if x.dim() == 4:
         out = out.transpose(1, 2).reshape(B, C, H, W)
@@ -249,7 +255,7 @@ class DCConv(nn.Module):
         kernel_size (int): K, the cluster size.
         subvector_stride (int): d, sub-vector sampling interval for the clustering. Default 8.
         bias (bool): learn a per-channel bias. Default True.
-        impl (str): 'auto' | 'cpu' | 'pytorch'.
+        impl (str): 'auto' | 'cpu' | 'pytorch' | 'export'.
 
     Init: ``weight`` ~ truncated normal (std 0.02, cut at +-2 std), ``bias`` = 0 — the
     init DCCNeXt inherits from timm / ConvNeXt for its convolution and linear layers; it keeps

@@ -8,7 +8,9 @@ import importlib
 import os
 import warnings
 
-IMPLS = ('auto', 'cpu', 'pytorch')
+import torch
+
+IMPLS = ('auto', 'cpu', 'pytorch', 'export')
 ENV_IMPL = 'MMDCCNEXT_DCCONV_IMPL'
 
 _EXT_MODULE = 'mmdccnext._ext'
@@ -62,8 +64,18 @@ def _warn_fallback_once():
             stacklevel=3)
 
 
+def is_exporting():
+    """Whether the model is being exported or traced (ONNX export, ``torch.export``,
+    ``torch.jit.trace``): then only the standard-op path can be recorded."""
+    return (torch.onnx.is_in_onnx_export() or torch.compiler.is_exporting()
+            or torch.jit.is_tracing())
+
+
 def resolve_impl(impl, tensor):
-    """Map ``impl`` ('auto' | 'cpu' | 'pytorch') to the path that will run: 'cpu' or 'pytorch'.
+    """Map ``impl`` ('auto' | 'cpu' | 'pytorch' | 'export') to the path that will run.
+
+    While exporting or tracing (:func:`is_exporting`) every ``impl`` runs ``'export'``, the
+    path in standard ops (:mod:`mmdccnext.ops.export`; same indices and outputs).
 
     ``'auto'`` is first replaced by the environment variable ``MMDCCNEXT_DCCONV_IMPL`` when it
     is set, then means: fused C++ kernels for CPU tensors when the extension is importable,
@@ -79,6 +91,8 @@ def resolve_impl(impl, tensor):
                 raise ValueError(
                     f'environment variable {ENV_IMPL} must be one of {IMPLS}, got {env!r}')
             impl = env
+    if impl == 'export' or is_exporting():
+        return 'export'
     if impl == 'pytorch':
         return 'pytorch'
     on_cpu = tensor.device.type == 'cpu'

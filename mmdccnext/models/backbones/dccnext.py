@@ -44,6 +44,30 @@ def _fast_path():
                 or torch.onnx.is_in_onnx_export())
 
 
+def _inplace_conv_add():
+    """oneDNN's ``out += conv(x)`` (``mkldnn::_convolution_pointwise_``, the kernel
+    PyTorch's compiler uses for convolution + addition), or None where this build lacks it."""
+    if not torch.backends.mkldnn.is_available():
+        return None
+    try:
+        return torch.ops.mkldnn._convolution_pointwise_.binary
+    except (AttributeError, RuntimeError):
+        return None
+
+
+_CONV_ADD = {'op': _inplace_conv_add(), 'failed': False}
+
+
+def _workspace_view(workspace, key, like, channels):
+    """A ``(*like.shape[:-1], channels)`` view of the reused buffer ``workspace[key]``."""
+    rows = like.numel() // like.shape[-1]
+    buf = workspace.get(key)
+    if (buf is None or buf.numel() < rows * channels or buf.dtype != like.dtype
+            or buf.device != like.device):
+        buf = workspace[key] = like.new_empty(rows * channels)
+    return buf[:rows * channels].view(*like.shape[:-1], channels)
+
+
 def _dwconv_cl(conv, x):
     """Apply an NCHW convolution to a channels-last ``(B, H, W, C)`` tensor.
 
@@ -70,11 +94,15 @@ class ConvFFN(BaseModule):
 
     def forward(self, x, workspace=None):
         """``x``: (B, H, W, C). ``workspace``: a dict shared by the blocks of one
-        forward pass without autograd; the rC-wide output of ``fc1`` is then written
-        into one reused buffer instead of a new allocation per block."""
+        forward pass without autograd; the rC-wide outputs of ``fc1`` and of the
+        depthwise convolution are then written into reused buffers instead of new
+        allocations per block."""
         fast = _fast_path()
         if workspace is not None and fast:
             x = self._fc1_into(x, workspace)
+            hidden = self._dwconv_gelu_into(x, workspace)
+            if hidden is not None:
+                return self.fc2(hidden)
         else:
             x = self.fc1(x)
         x = _dwconv_cl(self.dwconv, x)
@@ -85,15 +113,29 @@ class ConvFFN(BaseModule):
         return self.fc2(x)
 
     def _fc1_into(self, x, workspace):
-        hidden = self.fc1.out_features
-        rows = x.numel() // x.shape[-1]
-        buf = workspace.get('ffn_hidden')
-        if (buf is None or buf.numel() < rows * hidden or buf.dtype != x.dtype
-                or buf.device != x.device):
-            buf = workspace['ffn_hidden'] = x.new_empty(rows * hidden)
-        out = buf[:rows * hidden].view(rows, hidden)
-        torch.addmm(self.fc1.bias, x.reshape(rows, -1), self.fc1.weight.t(), out=out)
-        return out.view(*x.shape[:-1], hidden)
+        out = _workspace_view(workspace, 'ffn_hidden', x, self.fc1.out_features)
+        torch.addmm(self.fc1.bias, x.reshape(-1, x.shape[-1]), self.fc1.weight.t(),
+                    out=out.view(-1, out.shape[-1]))
+        return out
+
+    def _dwconv_gelu_into(self, x, workspace):
+        """GELU(depthwise conv(x)) into a reused buffer: oneDNN adds the convolution to a
+        zeroed buffer in place (the same result as ``conv2d``; a fresh output costs page
+        faults that take longer than the convolution). None where it does not apply."""
+        conv = self.dwconv
+        if (_CONV_ADD['op'] is None or _CONV_ADD['failed'] or x.device.type != 'cpu'
+                or x.dtype != torch.float32 or conv.padding_mode != 'zeros'
+                or not torch.backends.mkldnn.enabled):
+            return None
+        out = _workspace_view(workspace, 'ffn_dwconv', x, conv.out_channels).zero_()
+        try:
+            _CONV_ADD['op'](out.permute(0, 3, 1, 2), x.permute(0, 3, 1, 2), conv.weight,
+                            conv.bias, list(conv.padding), list(conv.stride),
+                            list(conv.dilation), conv.groups, 'add', 1.0, None, [], None)
+        except RuntimeError:  # e.g. an unsupported configuration: the plain path from now
+            _CONV_ADD['failed'] = True
+            return None
+        return torch._C._nn.gelu_(out)
 
 
 class DCCNeXtBlock(BaseModule):

@@ -1,0 +1,348 @@
+"""Inference speed and memory of DCCNeXt backbones next to MMPretrain's ConvNeXt-T and
+ResNet-50, in PyTorch eager and in ONNX Runtime (CPU).
+
+Every model is built from its registry (``mmdccnext.DCCNeXt``, ``mmpretrain.ConvNeXt``,
+``mmpretrain.ResNet``) with random weights (speed does not depend on them), runs in the same
+process with the same number of threads on the same input. Settings:
+
+* ``224x224 b1`` / ``224x224 b32``: classification backbones (last stage; DCCNeXt and
+  ConvNeXt pool and norm it, ResNet returns the map).
+* ``1280x800 b1``: detection backbones (the four stage maps).
+
+Timing. The machine may be shared, so absolute times drift; ratios taken close together in
+time hold better. Each *round* times every model once (their order rotates from round to
+round), and each timing runs enough forward passes to last ``min_seconds``. The table gives
+the median images/s over the rounds and the median over rounds of the per-round ratio to
+the reference model (ConvNeXt-T).
+
+Memory. Each (model, engine, setting) runs in a fresh process (``/proc/self/status``,
+Linux only): after the imports, the resident set is read and its high-water mark reset;
+then the model (or the ONNX Runtime session) and the input are created, the resident set is
+read again, and two forward passes run. Reported: *model + inference* = high-water mark
+minus the resident set after the imports (weights, prepacked weights, activations,
+workspaces, allocator and runtime caches: what serving the model adds to the process), and
+*inference* = high-water mark minus the resident set with the model loaded (the passes
+alone; an underestimate where the passes reuse memory freed while loading, e.g. by ONNX
+Runtime's weight prepacking).
+"""
+import json
+import math
+import os
+import os.path as osp
+import re
+import statistics
+import subprocess
+import sys
+import time
+from collections import OrderedDict, namedtuple
+
+import torch
+
+Setting = namedtuple('Setting', 'name batch height width dense')
+
+SETTINGS = OrderedDict(
+    (s.name, s) for s in (Setting('224x224 b1', 1, 224, 224, False),
+                          Setting('224x224 b32', 32, 224, 224, False),
+                          Setting('1280x800 b1', 1, 800, 1280, True)))
+MODEL_NAMES = ('DCCNeXt-B0', 'DCCNeXt-B1', 'DCCNeXt-B2', 'ConvNeXt-T', 'ResNet-50')
+REFERENCE = 'ConvNeXt-T'
+ENGINES = ('torch', 'ort')
+
+
+def backbone_cfg(name, dense):
+    """Registry config of a benchmarked backbone; ``dense``: the four stage maps."""
+    stages = (0, 1, 2, 3)
+    if name.startswith('DCCNeXt-'):
+        return dict(
+            type='mmdccnext.DCCNeXt',
+            arch=name.split('-')[1].lower(),
+            out_indices=stages if dense else (3, ),
+            gap_before_final_norm=not dense)
+    if name == 'ConvNeXt-T':
+        return dict(
+            type='mmpretrain.ConvNeXt',
+            arch='tiny',
+            out_indices=stages if dense else (3, ),
+            gap_before_final_norm=not dense)
+    if name == 'ResNet-50':
+        return dict(type='mmpretrain.ResNet', depth=50, out_indices=stages if dense else (3, ))
+    raise KeyError(f'unknown model {name!r}; choose from {MODEL_NAMES}')
+
+
+def build_backbone(name, dense):
+    """The backbone ``name`` in eval mode, built from the registries."""
+    import mmpretrain.models  # noqa: F401  (registers mmpretrain's models)
+
+    import mmdccnext.models  # noqa: F401
+    from mmdccnext.registry import MODELS
+    model = MODELS.build(backbone_cfg(name, dense))
+    model.eval()  # not model = model.eval(): MMPretrain's ConvNeXt.train returns None
+    return model
+
+
+def make_input(setting, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(setting.batch, 3, setting.height, setting.width, generator=gen)
+
+
+def torch_runner(model, x):
+    """One eager forward pass without autograd."""
+
+    def run():
+        with torch.inference_mode():
+            return model(x)
+
+    return run
+
+
+def onnx_file(work_dir, name, setting):
+    tag = f'{name}_{setting.batch}x{setting.height}x{setting.width}_{int(setting.dense)}'
+    return osp.join(work_dir, tag.lower() + '.onnx')
+
+
+def export_for_benchmark(name, setting, work_dir, model=None):
+    """Export ``name`` for ``setting`` (static shape) once; later calls reuse the file."""
+    from mmdccnext.deployment import backbone_module, export_module
+    path = onnx_file(work_dir, name, setting)
+    if not osp.isfile(path):
+        model = model if model is not None else build_backbone(name, setting.dense)
+        outputs = [f'out{i}' for i in range(4 if setting.dense else 1)]
+        export_module(backbone_module(model), (setting.height, setting.width), path,
+                      outputs, batch=setting.batch)
+    return path
+
+
+def ort_runner(path, x, threads):
+    from mmdccnext.deployment import ort_session
+    session = ort_session(path, threads)
+    feed = {session.get_inputs()[0].name: x.numpy()}
+
+    def run():
+        return session.run(None, feed)
+
+    return run
+
+
+def time_interleaved(runners, batch, repeat=5, min_seconds=1.0, reference=REFERENCE):
+    """Images/s of every runner, measured in ``repeat`` interleaved rounds.
+
+    Args:
+        runners (dict): name -> callable running one forward pass of ``batch`` images.
+
+    Returns:
+        dict: name -> ``{'ips': [per round], 'median_ips', 'ratio': median over rounds of
+        ips / reference's ips (None without the reference)}``.
+    """
+    names = list(runners)
+    iters = {}
+    for name in names:  # warm-up, and the passes one timing needs
+        t0 = time.perf_counter()
+        runners[name]()
+        iters[name] = max(1, math.ceil(min_seconds / max(time.perf_counter() - t0, 1e-6)))
+    ips = {name: [] for name in names}
+    for r in range(repeat):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            n = iters[name]
+            t0 = time.perf_counter()
+            for _ in range(n):
+                runners[name]()
+            ips[name].append(n * batch / (time.perf_counter() - t0))
+    result = {}
+    for name in names:
+        ratio = None
+        if reference in ips:
+            ratio = statistics.median(a / b for a, b in zip(ips[name], ips[reference]))
+        result[name] = dict(ips=ips[name], median_ips=statistics.median(ips[name]), ratio=ratio)
+    return result
+
+
+def _status():
+    text = open('/proc/self/status').read()
+    return {k: int(re.search(rf'{k}:\s+(\d+) kB', text).group(1)) * 1024
+            for k in ('VmRSS', 'VmHWM')}
+
+
+def memory_child(spec):
+    """In a fresh process: memory of the model and two forward passes (module docstring)."""
+    torch.set_num_threads(spec['threads'])
+    setting = SETTINGS[spec['setting']]
+    if spec['engine'] == 'torch':
+        import mmpretrain.models  # noqa: F401
+
+        import mmdccnext.models  # noqa: F401
+    else:
+        import onnxruntime  # noqa: F401
+    base = _status()['VmRSS']
+    with open('/proc/self/clear_refs', 'w') as f:
+        f.write('5')  # VmHWM := VmRSS
+    x = make_input(setting)
+    if spec['engine'] == 'torch':
+        run = torch_runner(build_backbone(spec['model'], setting.dense), x)
+    else:
+        run = ort_runner(spec['onnx'], x, spec['threads'])
+    loaded = _status()['VmRSS']
+    run()
+    run()
+    peak = _status()['VmHWM']
+    return dict(total_bytes=peak - base, inference_bytes=peak - loaded)
+
+
+def measure_memory(model, engine, setting, threads, onnx=None):
+    spec = dict(model=model, engine=engine, setting=setting.name, threads=threads, onnx=onnx)
+    code = ('import json, sys; from mmdccnext.analysis.inference_benchmark import '
+            'memory_child; print(json.dumps(memory_child(json.loads(sys.argv[1]))))')
+    proc = subprocess.run([sys.executable, '-c', code, json.dumps(spec)],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f'memory subprocess for {model} / {engine} / {setting.name} failed:'
+                           f'\n{proc.stderr[-3000:]}')
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+# ------------------------------------------------------------------------------------
+# Where the time goes
+# ------------------------------------------------------------------------------------
+class _DCConvRanges:
+    """``record_function`` ranges around DCConv's clustering and aggregation."""
+
+    def __enter__(self):
+        import importlib
+        self.mod = importlib.import_module('mmdccnext.ops.dcconv')
+        self.saved = self.mod.cluster, self.mod._aggregate
+
+        def ranged(label, fn):
+
+            def wrapper(*args, **kwargs):
+                with torch.profiler.record_function(label):
+                    return fn(*args, **kwargs)
+
+            return wrapper
+
+        self.mod.cluster = ranged('DCConv clustering', self.mod.cluster)
+        self.mod._aggregate = ranged('DCConv aggregation', self.mod._aggregate)
+        return self
+
+    def __exit__(self, *exc):
+        self.mod.cluster, self.mod._aggregate = self.saved
+
+
+_OP_KINDS = {
+    'aten::linear': 'Linear', 'aten::addmm': 'Linear', 'aten::mm': 'Linear',
+    'aten::matmul': 'Linear', 'aten::layer_norm': 'LayerNorm',
+    'aten::native_layer_norm': 'LayerNorm', 'aten::gelu': 'GELU', 'aten::gelu_': 'GELU',
+    'aten::batch_norm': 'BatchNorm', 'aten::relu': 'ReLU', 'aten::relu_': 'ReLU',
+    'DCConv clustering': 'DCConv clustering', 'DCConv aggregation': 'DCConv aggregation'
+}
+_CONV_OPS = ('aten::conv2d', 'aten::convolution', 'aten::_convolution',
+             'aten::mkldnn_convolution')
+ELEMENTWISE = 'element-wise and layout'
+UNACCOUNTED = 'not in an op (Python, dispatch)'
+
+
+def _kind(event):
+    shapes = event.input_shapes
+    if event.name == 'mkldnn::_convolution_pointwise_':  # (out, X, W, ...): out += conv(X)
+        shapes = shapes[1:]
+    if event.name in _CONV_OPS or event.name.startswith('mkldnn::_convolution_pointwise'):
+        if len(shapes) > 1 and len(shapes[0]) == 4 and len(shapes[1]) == 4:
+            (_, c_in, *_), (c_out, per_group, k, _) = shapes[0], shapes[1]
+            if per_group == 1 and c_out == c_in:
+                return f'depthwise conv {k}x{k}'
+        return 'dense conv'
+    return _OP_KINDS.get(event.name, ELEMENTWISE)
+
+
+def time_breakdown(model, x):
+    """Milliseconds of one eager forward pass by kind of operation (``torch.profiler``).
+
+    Every operation called from Python (and DCConv's clustering and aggregation) is
+    assigned to a kind: Linear, LayerNorm, depthwise conv kxk, dense conv, GELU, DCConv
+    clustering / aggregation, BatchNorm, ReLU, or element-wise and layout (residual
+    additions, layer scale, copies, pooling). ``total`` is the wall time of the profiled
+    pass; what no operation accounts for is Python and dispatch overhead.
+    """
+    from torch.profiler import ProfilerActivity, profile
+    with torch.inference_mode():
+        model(x)  # warm-up
+        with _DCConvRanges(), profile(activities=[ProfilerActivity.CPU],
+                                      record_shapes=True) as prof:
+            t0 = time.perf_counter()
+            model(x)
+            total = (time.perf_counter() - t0) * 1e3
+    spent = {}
+    for event in prof.events():
+        if event.cpu_parent is None:  # called from Python: children are part of it
+            kind = _kind(event)
+            spent[kind] = spent.get(kind, 0.) + event.cpu_time_total / 1e3
+    out = OrderedDict(sorted(spent.items(), key=lambda kv: -kv[1]))
+    out[UNACCOUNTED] = max(0., total - sum(spent.values()))
+    out['total'] = total
+    return out
+
+
+# ------------------------------------------------------------------------------------
+# The whole benchmark
+# ------------------------------------------------------------------------------------
+def run_benchmark(models=MODEL_NAMES, settings=tuple(SETTINGS), engines=ENGINES, threads=None,
+                  repeat=5, min_seconds=1.0, memory=True, work_dir='work_dirs/benchmark_inference',
+                  log=print):
+    """Time (and measure the memory of) every model in every setting and engine.
+
+    Returns a list of result dicts (model, engine, setting, median_ips, ips, ratio,
+    inference_mib, total_mib) and logs progress through ``log``.
+    """
+    threads = int(threads or torch.get_num_threads())
+    torch.set_num_threads(threads)
+    unknown = [m for m in models if m not in MODEL_NAMES]
+    if unknown:
+        raise ValueError(f'models: unknown {unknown}; choose from {list(MODEL_NAMES)}')
+    bad = [s for s in settings if s not in SETTINGS]
+    if bad:
+        raise ValueError(f'settings: unknown {bad}; choose from {list(SETTINGS)}')
+    bad = [e for e in engines if e not in ENGINES]
+    if bad:
+        raise ValueError(f'engines: unknown {bad}; choose from {list(ENGINES)}')
+    os.makedirs(work_dir, exist_ok=True)
+    results = []
+    for setting_name in settings:
+        setting = SETTINGS[setting_name]
+        x = make_input(setting)
+        built = {m: build_backbone(m, setting.dense) for m in models}
+        for engine in engines:
+            if engine == 'torch':
+                runners = {m: torch_runner(built[m], x) for m in models}
+            else:
+                files = {m: export_for_benchmark(m, setting, work_dir, built[m]) for m in models}
+                runners = {m: ort_runner(files[m], x, threads) for m in models}
+            load_before = os.getloadavg()
+            timing = time_interleaved(runners, setting.batch, repeat, min_seconds)
+            load_after = os.getloadavg()
+            for m in models:
+                row = dict(model=m, engine=engine, setting=setting_name, threads=threads,
+                           load_before=load_before[0], load_after=load_after[0], **timing[m])
+                if memory:
+                    mem = measure_memory(m, engine, setting, threads,
+                                         onnx_file(work_dir, m, setting)
+                                         if engine == 'ort' else None)
+                    row['inference_mib'] = mem['inference_bytes'] / 2**20
+                    row['total_mib'] = mem['total_bytes'] / 2**20
+                results.append(row)
+            log(format_table([r for r in results if r['setting'] == setting_name
+                              and r['engine'] == engine]))
+            del runners
+    return results
+
+
+def format_table(rows):
+    """Markdown table of result rows."""
+    lines = ['| setting | engine | model | images/s (median) | vs ConvNeXt-T (median ratio) '
+             '| model + inference MiB | inference MiB | load (1 min) |',
+             '|---|---|---|---|---|---|---|---|']
+    for r in rows:
+        ratio = f'{r["ratio"]:.2f}x' if r.get('ratio') is not None else 'n/a'
+        total = f'{r["total_mib"]:.0f}' if 'total_mib' in r else '-'
+        inference = f'{r["inference_mib"]:.0f}' if 'inference_mib' in r else '-'
+        lines.append(f'| {r["setting"]} | {r["engine"]} | {r["model"]} | '
+                     f'{r["median_ips"]:.2f} | {ratio} | {total} | {inference} | '
+                     f'{r["load_before"]:.1f} -> {r["load_after"]:.1f} |')
+    return '\n'.join(lines)

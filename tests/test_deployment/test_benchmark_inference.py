@@ -1,0 +1,79 @@
+"""The inference benchmark's machinery (no assertion on speed: the machine is shared)."""
+import importlib.util
+import os.path as osp
+import statistics
+
+import pytest
+import torch
+
+from mmdccnext.analysis.inference_benchmark import (SETTINGS, UNACCOUNTED, backbone_cfg,
+                                                    build_backbone, make_input, measure_memory,
+                                                    time_breakdown, time_interleaved)
+
+REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+
+
+def test_time_interleaved_rounds_and_ratios():
+    a, b = torch.randn(64, 64), torch.randn(256, 256)
+    calls = []
+
+    def runner(name, m):
+
+        def run():
+            calls.append(name)
+            return m @ m
+
+        return run
+
+    result = time_interleaved({'ConvNeXt-T': runner('ref', a), 'other': runner('other', b)},
+                              batch=4, repeat=3, min_seconds=0.)
+    assert result['ConvNeXt-T']['ratio'] == 1.0
+    ips = result['other']['ips']
+    assert len(ips) == 3 and all(v > 0 for v in ips)
+    expected = statistics.median(o / r for o, r in zip(ips, result['ConvNeXt-T']['ips']))
+    assert result['other']['ratio'] == pytest.approx(expected)
+    assert result['other']['median_ips'] == statistics.median(ips)
+    # warm-up + 3 rounds each, the order rotating: round 2 starts with 'other'
+    assert calls[:2] == ['ref', 'other'] and calls[2:4] == ['ref', 'other']
+    assert calls[4:6] == ['other', 'ref']
+
+
+def test_backbones_from_the_registries():
+    assert backbone_cfg('ConvNeXt-T', dense=True)['type'] == 'mmpretrain.ConvNeXt'
+    with pytest.raises(KeyError, match='unknown model'):
+        backbone_cfg('ViT-B', dense=False)
+    model = build_backbone('ResNet-50', dense=True)
+    assert not model.training
+    with torch.no_grad():
+        outs = model(torch.zeros(1, 3, 64, 64))
+    assert [o.shape[1] for o in outs] == [256, 512, 1024, 2048]
+
+
+def test_time_breakdown_splits_dcconv():
+    model = build_backbone('DCCNeXt-B0', dense=False)
+    spent = time_breakdown(model, make_input(SETTINGS['224x224 b1']))
+    for kind in ('DCConv clustering', 'DCConv aggregation', 'Linear', 'LayerNorm',
+                 'depthwise conv 7x7', 'depthwise conv 3x3', 'dense conv'):
+        assert spent[kind] > 0, kind
+    parts = sum(v for k, v in spent.items() if k != 'total')
+    assert parts == pytest.approx(spent['total'], rel=0.05)
+    assert spent[UNACCOUNTED] >= 0
+
+
+def test_memory_of_a_fresh_process():
+    mem = measure_memory('DCCNeXt-B0', 'torch', SETTINGS['224x224 b1'], threads=1)
+    # model + inference includes the weights (3.9 M parameters, 15.7 MB)
+    assert mem['total_bytes'] > 15e6 and 0 < mem['inference_bytes'] <= mem['total_bytes']
+
+
+def test_cli_rejects_bad_values():
+    spec = importlib.util.spec_from_file_location(
+        'benchmark_inference_tool', osp.join(REPO, 'tools', 'analysis', 'benchmark_inference.py'))
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    with pytest.raises(SystemExit):
+        tool.parse_args(['--threads', '0'])
+    with pytest.raises(SystemExit):
+        tool.parse_args(['--models', 'ViT-B'])
+    args = tool.parse_args(['--settings', '224x224 b32', '--engines', 'torch'])
+    assert args.settings == ['224x224 b32'] and args.engines == ['torch']

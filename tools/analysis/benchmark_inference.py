@@ -1,0 +1,76 @@
+"""Inference images/s and memory: DCCNeXt-B0/B1/B2 vs ConvNeXt-T and ResNet-50 (CPU).
+
+PyTorch eager and ONNX Runtime, same process, same threads, same input; interleaved rounds,
+medians and ratios to ConvNeXt-T (see :mod:`mmdccnext.analysis.inference_benchmark`).
+
+Examples::
+
+    python tools/analysis/benchmark_inference.py --threads 2 --repeat 5
+    python tools/analysis/benchmark_inference.py --models DCCNeXt-B2 ConvNeXt-T \\
+        --settings "224x224 b32" --engines torch --no-memory
+    python tools/analysis/benchmark_inference.py --profile --models DCCNeXt-B2 ConvNeXt-T \\
+        --settings "1280x800 b1"
+"""
+import argparse
+import json
+import os
+import platform
+
+import torch
+
+from mmdccnext.analysis.inference_benchmark import (ENGINES, MODEL_NAMES, SETTINGS, build_backbone,
+                                                    make_input, run_benchmark, time_breakdown)
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser.add_argument('--models', nargs='+', default=list(MODEL_NAMES), choices=MODEL_NAMES)
+    parser.add_argument('--settings', nargs='+', default=list(SETTINGS), choices=list(SETTINGS))
+    parser.add_argument('--engines', nargs='+', default=list(ENGINES), choices=ENGINES)
+    parser.add_argument('--threads', type=int, default=torch.get_num_threads())
+    parser.add_argument('--repeat', type=int, default=5, help='interleaved rounds (median)')
+    parser.add_argument(
+        '--min-seconds', type=float, default=1.0, help='minimum duration of one timing')
+    parser.add_argument('--no-memory', action='store_true', help='skip the memory runs')
+    parser.add_argument(
+        '--work-dir', default='work_dirs/benchmark_inference',
+        help='where the ONNX files are exported (and reused)')
+    parser.add_argument('--json', help='also write all results to this JSON file')
+    parser.add_argument(
+        '--profile', action='store_true',
+        help='instead of timing: where the time of one eager forward pass goes')
+    args = parser.parse_args(argv)
+    if args.threads < 1 or args.repeat < 1:
+        parser.error('--threads and --repeat must be >= 1')
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    print(f'{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch '
+          f'{torch.__version__}, threads {args.threads}, load {os.getloadavg()[0]:.1f}')
+    if args.profile:
+        for name in args.settings:
+            setting = SETTINGS[name]
+            x = make_input(setting)
+            for model in args.models:
+                spent = time_breakdown(build_backbone(model, setting.dense), x)
+                total = spent['total']
+                parts = ', '.join(f'{k} {v:.0f} ms ({100 * v / total:.0f}%)'
+                                  for k, v in spent.items() if k != 'total')
+                print(f'{name} | {model} | total {total:.0f} ms | {parts}')
+        return
+    results = run_benchmark(
+        args.models, args.settings, args.engines, args.threads, args.repeat,
+        args.min_seconds, memory=not args.no_memory, work_dir=args.work_dir,
+        log=lambda table: print(table + '\n', flush=True))
+    if args.json:  # atomically: a temporary file beside it, then rename
+        tmp = f'{args.json}.tmp{os.getpid()}'
+        with open(tmp, 'w') as f:
+            json.dump(results, f, indent=1)
+        os.replace(tmp, args.json)
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,56 @@
+"""Export a DCCNeXt classifier and its multi-scale backbone to ONNX (standard operators only).
+
+Example::
+
+    python tools/deployment/export_onnx.py \\
+        configs/classification/dccnext-b0_8xb128_in1k.py work_dirs/b0/epoch_300.pth \\
+        --shape 224 224 --dynamic --out work_dirs/b0/dccnext-b0.onnx
+
+writes ``dccnext-b0.onnx`` (image -> logits) and ``dccnext-b0_backbone.onnx`` (image ->
+stage0 ... stage3). The input is the normalised RGB image (mean / std in the metadata);
+see :mod:`mmdccnext.deployment.onnx`.
+"""
+import argparse
+
+from mmdccnext.deployment import export_onnx
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser.add_argument('config', help='classification config file')
+    parser.add_argument(
+        'checkpoint', nargs='?', help='checkpoint (file, http(s) or zoo://); default: '
+        "the config's initialisation (random weights)")
+    parser.add_argument(
+        '--shape', type=int, nargs=2, metavar=('H', 'W'), required=True,
+        help='input height and width of the export')
+    parser.add_argument(
+        '--dynamic', action='store_true', help='symbolic batch, height and width')
+    parser.add_argument('--out', required=True, help='ONNX file of the classifier')
+    parser.add_argument(
+        '--backbone-out', help='ONNX file of the backbone (default: OUT with _backbone)')
+    parser.add_argument(
+        '--cluster-indices', action='store_true',
+        help='also output the cluster indices of every DCConv layer')
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    result = export_onnx(
+        args.config,
+        args.checkpoint,
+        shape=tuple(args.shape),
+        out_file=args.out,
+        backbone_file=args.backbone_out,
+        dynamic=args.dynamic,
+        cluster_indices=args.cluster_indices)
+    print(f'classifier: {result["classifier"]}')
+    print(f'backbone:   {result["backbone"]}')
+    if result['new_norms']:
+        print(f'note: the backbone outputs of {", ".join(result["new_norms"])} use new '
+              'LayerNorms (weight 1, bias 0): the classifier has no norm for those stages')
+
+
+if __name__ == '__main__':
+    main()
