@@ -10,15 +10,14 @@ import collections
 import datetime
 import hashlib
 import io
-import os
 import os.path as osp
 import re
-import uuid
 from typing import NamedTuple
 
 import torch
 
 from mmdccnext.utils.checkpoint import load_checkpoint_file
+from mmdccnext.utils.fileio import write_file_atomic
 from .zoo import load_model_index
 
 _PLAIN = (str, int, float, bool, type(None))  # exact types: numpy scalars subclass float
@@ -91,17 +90,7 @@ def publish_checkpoint(in_file, out_file, date=None):
     out_dir = osp.dirname(osp.abspath(out_file))
     name = osp.basename(out_file)[:-len('.pth')]
     path = osp.join(out_dir, f'{name}_{date}-{sha256[:8]}.pth')
-    os.makedirs(out_dir, exist_ok=True)
-    tmp = osp.join(out_dir, f'.{name}.{uuid.uuid4().hex}.partial')
-    try:
-        with open(tmp, 'wb') as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if osp.exists(tmp):
-            os.remove(tmp)
+    write_file_atomic(path, data)
     return PublishedCheckpoint(path, sha256, name, tuple(dropped))
 
 
