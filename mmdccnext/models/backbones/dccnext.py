@@ -25,7 +25,7 @@ from mmcv.cnn.bricks import DropPath
 from mmengine.model import BaseModule, ModuleList
 from torch.nn.modules.batchnorm import _NormBase
 
-from mmdccnext.ops import DCConv
+from mmdccnext.ops import DCConv, is_exporting
 from mmdccnext.registry import MODELS
 
 
@@ -40,8 +40,7 @@ def _layer_norm(channels, norm_cfg):
 
 def _fast_path():
     """Inference without autograd, tracing or export: in-place ops and buffer reuse."""
-    return not (torch.is_grad_enabled() or torch.jit.is_tracing() or torch.jit.is_scripting()
-                or torch.onnx.is_in_onnx_export())
+    return not (torch.is_grad_enabled() or torch.jit.is_scripting() or is_exporting())
 
 
 def _inplace_conv_add():
