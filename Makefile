@@ -3,10 +3,15 @@ PY := .venv/bin/python
 PYTEST_ARGS ?=
 DEMO_ARGS ?=
 
-.PHONY: env demo test lint format clean
+.PHONY: env setup-check demo test lint format clean
 
 env:
 	@bash tools/misc/setup_env.sh
+
+# The cold path of the mmcv build (download, patch, metadata; no compile), which a cached wheel
+# would otherwise hide. CI runs it every time.
+setup-check: env
+	@bash tools/misc/build_mmcv_wheel.sh --check $(PY)
 
 demo: env
 	$(PY) tools/misc/demo.py $(DEMO_ARGS)

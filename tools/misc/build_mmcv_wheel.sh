@@ -13,6 +13,7 @@
 # Usage: build_mmcv_wheel.sh PYTHON           prints the path of the cached wheel
 #        build_mmcv_wheel.sh --check PYTHON   the cold path without the compile: download the
 #            sdist, patch it, prepare its metadata in a temporary folder; ignores the cache.
+#            (PYTHON: the venv as setup_env.sh prepares it, i.e. with requirements/build.txt.)
 #            Exits non-zero with the failing step named (CI runs it every time).
 set -euo pipefail
 check=0
@@ -21,7 +22,10 @@ PY=$(command -v "${1:?usage: build_mmcv_wheel.sh [--check] PYTHON}")
 PY=$(cd "$(dirname "$PY")" && pwd)/$(basename "$PY")
 MMCV_VERSION=${MMCV_VERSION:-2.1.0}
 TORCH_VERSION=$("$PY" -c 'import torch; print(torch.__version__.split("+")[0])')
-CACHE=${MMDCCNEXT_WHEEL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/mmdccnext/wheels}/mmcv-${MMCV_VERSION}-torch${TORCH_VERSION}
+# The wheel holds compiled code for one interpreter and platform: key the cache by them too, so
+# a cache filled by another Python (or machine type) is never offered to this one.
+PY_TAG=$("$PY" -c 'import sys, sysconfig; print(f"cp{sys.version_info[0]}{sys.version_info[1]}-{sysconfig.get_platform()}")')
+CACHE=${MMDCCNEXT_WHEEL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/mmdccnext/wheels}/mmcv-${MMCV_VERSION}-torch${TORCH_VERSION}-${PY_TAG}
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
