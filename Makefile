@@ -24,6 +24,12 @@ test: env lint
 	@bash tools/misc/install_slurm.sh
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+# The inner loop while developing: lint, then every test not marked `slow` (setup.cfg: training
+# runs, launchers, packaging, the HTTP server, SIGKILL/resume). `make test` (CI) runs them all.
+.PHONY: test-quick
+test-quick: env lint
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
 format: env
 	$(PY) -m isort mmdccnext tools tests setup.py
 	$(PY) -m yapf -i -r mmdccnext tools tests configs setup.py

@@ -38,6 +38,7 @@ def tiny_zoo(tmp_path, monkeypatch, zoo_server, published):
     return url
 
 
+@pytest.mark.slow
 def test_published_name_carries_date_and_sha256(published):
     result = published.result
     assert published.file_name == f'tiny-dccnext_in1k_20250101-{result.sha256[:8]}.pth'
@@ -45,6 +46,7 @@ def test_published_name_carries_date_and_sha256(published):
     assert sha256_from_file_name(published.file_name) == result.sha256[:8]
 
 
+@pytest.mark.slow
 def test_zoo_name_downloads_verifies_caches_loads_and_works_offline(
         torch_home, tiny_zoo, zoo_server, published):
     path = f'/zoo/{published.file_name}'
@@ -66,6 +68,7 @@ def test_zoo_name_downloads_verifies_caches_loads_and_works_offline(
     assert torch.equal(outputs(again), published.outputs)
 
 
+@pytest.mark.slow
 def test_backbone_init_cfg_names_zoo_weights(torch_home, tiny_zoo, published):
     """What the detection and segmentation configs do: Pretrained, zoo name, prefix."""
     model = TinyClassifier(backbone_init_cfg=dict(
@@ -77,6 +80,7 @@ def test_backbone_init_cfg_names_zoo_weights(torch_home, tiny_zoo, published):
     assert torch.equal(features[0], published.backbone_outputs[0])
 
 
+@pytest.mark.slow
 def test_runner_load_from_http_url(torch_home, tmp_path, zoo_server, published):
     url = zoo_server.add(f'/files/{published.file_name}', published.data)
     runner = Runner(model=TinyClassifier(), work_dir=str(tmp_path / 'work'), load_from=url,
@@ -86,6 +90,7 @@ def test_runner_load_from_http_url(torch_home, tmp_path, zoo_server, published):
     assert cache_listing(torch_home) == [published.file_name]
 
 
+@pytest.mark.slow
 def test_entry_without_weights_says_how_to_get_them(torch_home, tiny_zoo):
     with pytest.raises(NoWeightsError, match=r'tools/train.py configs/tiny/unreleased.py.*'
                        r'init_cfg.checkpoint='):
@@ -94,6 +99,7 @@ def test_entry_without_weights_says_how_to_get_them(torch_home, tiny_zoo):
         CheckpointLoader.load_checkpoint('zoo://tiny-nothing')
 
 
+@pytest.mark.slow
 def test_fetch_by_name_config_and_url(torch_home, tiny_zoo, published):
     by_name = fetch_checkpoint('tiny-dccnext_in1k', progress=False)
     assert by_name == str(torch_home / published.file_name)
@@ -103,6 +109,7 @@ def test_fetch_by_name_config_and_url(torch_home, tiny_zoo, published):
         fetch_checkpoint('configs/tiny/other.py')
 
 
+@pytest.mark.slow
 def test_corrupted_file_is_refused_and_not_kept(torch_home, zoo_server, published):
     corrupted = bytearray(published.data)
     corrupted[len(corrupted) // 2] ^= 0xFF
@@ -112,6 +119,7 @@ def test_corrupted_file_is_refused_and_not_kept(torch_home, zoo_server, publishe
     assert cache_listing(torch_home) == []
 
 
+@pytest.mark.slow
 def test_full_sha256_from_the_index_is_checked(torch_home, tmp_path, monkeypatch, zoo_server,
                                                published):
     """A file name without a hash: the metafile's `Weights SHA256` decides."""
@@ -133,6 +141,7 @@ def test_full_sha256_from_the_index_is_checked(torch_home, tmp_path, monkeypatch
         download_checkpoint(f'{zoo_server.base}/zoo/{published.file_name}', sha256=wrong)
 
 
+@pytest.mark.slow
 def test_truncated_transfer_is_retried_then_fails_cleanly(torch_home, zoo_server, published):
     url = zoo_server.add(f'/cut/{published.file_name}', published.data, 'truncate')
     with pytest.raises(DownloadError, match=r'gave up after 2 attempts.*connection closed after '
@@ -142,6 +151,7 @@ def test_truncated_transfer_is_retried_then_fails_cleanly(torch_home, zoo_server
     assert cache_listing(torch_home) == []
 
 
+@pytest.mark.slow
 def test_connection_dropped_once_is_retried(torch_home, zoo_server, published):
     url = zoo_server.add(f'/flaky/{published.file_name}', published.data, 'drop-once')
     path = download_checkpoint(url, progress=False)
@@ -152,6 +162,7 @@ def test_connection_dropped_once_is_retried(torch_home, zoo_server, published):
     assert torch.equal(outputs(model), published.outputs)
 
 
+@pytest.mark.slow
 def test_http_404_is_final_and_500_is_retried(torch_home, zoo_server, published):
     with pytest.raises(DownloadError, match='HTTP 404 .*server does not have this file'):
         download_checkpoint(f'{zoo_server.base}/missing/{published.file_name}', progress=False)
@@ -164,6 +175,7 @@ def test_http_404_is_final_and_500_is_retried(torch_home, zoo_server, published)
     assert cache_listing(torch_home) == []
 
 
+@pytest.mark.slow
 def test_404_through_the_zoo_names_the_url(torch_home, tmp_path, monkeypatch, zoo_server):
     url = f'{zoo_server.base}/gone/tiny_20250101-0123abcd.pth'
     monkeypatch.setenv(INDEX_ENV, write_index(tmp_path / 'index', [
@@ -172,6 +184,7 @@ def test_404_through_the_zoo_names_the_url(torch_home, tmp_path, monkeypatch, zo
         CheckpointLoader.load_checkpoint('zoo://gone')
 
 
+@pytest.mark.slow
 def test_mirror_from_environment(torch_home, tmp_path, monkeypatch, zoo_server,
                                  published):
     # the official host is unreachable (nothing listens on port 9 of 127.0.0.1)
@@ -185,6 +198,7 @@ def test_mirror_from_environment(torch_home, tmp_path, monkeypatch, zoo_server,
     assert zoo_server.hits[f'/mirror/{published.file_name}'] == 1
 
 
+@pytest.mark.slow
 def test_foreign_file_in_cache_is_replaced_not_trusted(torch_home, tiny_zoo, zoo_server,
                                                        published):
     torch_home.mkdir(parents=True)
@@ -203,6 +217,7 @@ class Arbitrary:
         self.payload = 'x'
 
 
+@pytest.mark.slow
 def test_pickled_object_from_network_is_refused(torch_home, tmp_path, zoo_server):
     evil = tmp_path / 'evil.pth'
     torch.save(dict(state_dict=dict(w=torch.ones(2)), extra=Arbitrary()), evil)
@@ -211,6 +226,7 @@ def test_pickled_object_from_network_is_refused(torch_home, tmp_path, zoo_server
         CheckpointLoader.load_checkpoint(url)
 
 
+@pytest.mark.slow
 def test_progress_bar_on_stderr(torch_home, zoo_server, published, capfd):
     url = zoo_server.add(f'/zoo/{published.file_name}', published.data)
     download_checkpoint(url, progress=True)

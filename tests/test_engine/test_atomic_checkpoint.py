@@ -279,6 +279,7 @@ def hub_history(ckpt, key):
     return values.tolist(), counts.tolist()
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_equals_uninterrupted_run(tmp_path):
     config = fault_config(tmp_path)
     ref_dir, killed_dir = tmp_path / 'uninterrupted', tmp_path / 'killed'

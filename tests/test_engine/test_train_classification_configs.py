@@ -31,6 +31,7 @@ def test_configs_found():
     assert [osp.basename(c) for c in CONFIGS] == [f'dccnext-b{i}_8xb128_in1k.py' for i in range(5)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('config', CONFIGS, ids=osp.basename)
 def test_one_training_iteration(config, tiny_imagenet, tmp_path):
     cfg = Config.fromfile(config)

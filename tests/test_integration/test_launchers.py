@@ -15,6 +15,9 @@ import sys
 import pytest
 from synthetic_helpers import REPO, tiny_config
 
+# every test here starts real multi-process training runs
+pytestmark = pytest.mark.slow
+
 MAX_ITERS = 3
 
 

@@ -66,6 +66,7 @@ def test_publish_tool_strips_names_and_prints_snippet(tmp_path, published, capsy
         tool.main([published.training_checkpoint, str(tmp_path / 'x.pth'), '--date', '2025'])
 
 
+@pytest.mark.slow
 def test_download_tool(torch_home, tmp_path, monkeypatch, zoo_server, published,
                        capsys):
     url = zoo_server.add(f'/zoo/{published.file_name}', published.data)
@@ -121,6 +122,7 @@ def installed_wheel(tmp_path_factory):
     return wheel, site
 
 
+@pytest.mark.slow
 def test_wheel_carries_configs_tools_and_index_in_mim_folder(installed_wheel):
     wheel, site = installed_wheel
     names = set(zipfile.ZipFile(wheel).namelist())
@@ -158,6 +160,7 @@ def b0_release(tmp_path):
         return osp.basename(release.path), f.read()
 
 
+@pytest.mark.slow
 def test_installed_package_serves_mim_and_its_own_zoo(installed_wheel, tmp_path, zoo_server,
                                                       b0_release):
     _, site = installed_wheel

@@ -39,6 +39,7 @@ def test_zoo_entry_without_weights_explains_how_to_get_them():
         CheckpointLoader.load_checkpoint('zoo://no-such-model')
 
 
+@pytest.mark.slow
 def test_train_then_test_with_out_and_show_dir(tmp_path):
     root = make_tiny_datasets(tmp_path / 'data')
     cfg = tiny_config(

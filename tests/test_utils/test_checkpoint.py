@@ -129,6 +129,7 @@ def http_dir(tmp_path):
     server.shutdown()
 
 
+@pytest.mark.slow
 def test_http_checkpoints_load_weights_only(http_dir, tmp_path_factory, monkeypatch):
     root, url = http_dir
     torch.save(dict(state_dict=dict(w=torch.ones(2))), root / 'good.pth')

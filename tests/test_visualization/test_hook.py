@@ -55,6 +55,7 @@ def _tensorboard_images(log_dir, tag):
     }
 
 
+@pytest.mark.slow
 def test_hook_writes_pictures_during_training(tmp_path):
     pytest.importorskip('tensorboard', reason='tensorboard is not installed (pip install '
                         'tensorboard), needed by TensorboardVisBackend')
