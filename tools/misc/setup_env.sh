@@ -16,12 +16,24 @@ want=$(cat requirements/*.txt setup.py | sha256sum | cut -c1-16)
 step() { printf '[env] %s\n' "$*"; }
 pip() { "$VENV/bin/python" -m pip "$PIP_QUIET" --disable-pip-version-check "$@"; }
 
+# What the builds below need from the machine (mmcv from source and mmdccnext's C++ extension):
+# say so up front rather than deep inside a compiler log.
+need_build=0
+[ "$(cat "$stamp" 2>/dev/null)" != "$want" ] && need_build=1
+if [ "$need_build" = 1 ]; then
+    command -v "${CXX:-c++}" >/dev/null || { echo "[env] no C++ compiler (${CXX:-c++}) found:" \
+        "install one (Debian/Ubuntu: apt-get install build-essential)" >&2; exit 1; }
+    "$PYTHON" -c 'import os, sys, sysconfig; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' || {
+        echo "[env] $PYTHON has no C headers (Python.h): install them (Debian/Ubuntu:" \
+            "apt-get install python3-dev), or choose another interpreter with PYTHON=..." >&2; exit 1; }
+fi
+
 if [ ! -x "$VENV/bin/python" ]; then
     step "creating $VENV with $PYTHON"
     "$PYTHON" -m venv "$VENV"
 fi
 
-if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+if [ "$need_build" = 1 ]; then
     step "installing torch and torchvision"
     pip install "pip>=24"
     pip install -r requirements/torch.txt
