@@ -69,14 +69,17 @@ def backbone_cfg(name, dense):
     raise KeyError(f'unknown model {name!r}; choose from {MODEL_NAMES}')
 
 
-def build_backbone(name, dense):
-    """The backbone ``name`` in eval mode, built from the registries."""
+def build_backbone(name, dense, optimize=True):
+    """The backbone ``name`` in eval mode, built from the registries; DCCNeXt after
+    :func:`mmdccnext.models.optimize_for_inference` unless ``optimize`` is False."""
     import mmpretrain.models  # noqa: F401  (registers mmpretrain's models)
 
-    import mmdccnext.models  # noqa: F401
+    from mmdccnext.models import optimize_for_inference
     from mmdccnext.registry import MODELS
     model = MODELS.build(backbone_cfg(name, dense))
     model.eval()  # not model = model.eval(): MMPretrain's ConvNeXt.train returns None
+    if optimize and name.startswith('DCCNeXt-'):
+        optimize_for_inference(model)
     return model
 
 

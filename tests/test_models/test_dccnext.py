@@ -133,8 +133,9 @@ def test_with_cp_same_output_and_grads():
 
 
 def test_inference_fast_path_matches_autograd_path():
-    """Without autograd the blocks update tensors in place and reuse an FFN buffer;
-    the result must equal the autograd path and leave the caller's tensors alone."""
+    """Without autograd (no_grad, inference_mode) the result must equal the autograd path
+    and leave the caller's tensors alone (the blocks are plain; the in-place inference
+    optimisation has its own tests in test_inference_optimization.py)."""
     torch.manual_seed(0)
     model = DCCNeXt(
         'b0', out_indices=(0, 1, 2, 3), gap_before_final_norm=False, layer_scale_init_value=0.5)

@@ -9,11 +9,9 @@ and permuting back is again a view. The only layout copies are in the stem (Laye
 the permuted convolution output) and the maps returned to a neck (contiguous
 ``(B, C, H, W)``).
 
-Without autograd (``torch.no_grad`` / ``torch.inference_mode``, and not while tracing or
-exporting) the blocks apply GELU and the residual additions in place and write the
-rC-wide FFN hidden map into one buffer reused by all blocks of the forward pass: on the
-CPU, freshly allocated large tensors cost page faults that can exceed the arithmetic of
-these memory-bound steps. Results are the same as on the autograd path.
+The blocks are plain PyTorch modules. For inference on the CPU,
+:func:`mmdccnext.models.optimize_for_inference` swaps in blocks that reuse buffers and work
+in place (:mod:`mmdccnext.models.backbones.inference`).
 """
 from numbers import Number
 from typing import Sequence
@@ -25,7 +23,7 @@ from mmcv.cnn.bricks import DropPath
 from mmengine.model import BaseModule, ModuleList
 from torch.nn.modules.batchnorm import _NormBase
 
-from mmdccnext.ops import DCConv, is_exporting
+from mmdccnext.ops import DCConv
 from mmdccnext.registry import MODELS
 
 
@@ -36,35 +34,6 @@ def _layer_norm(channels, norm_cfg):
         raise ValueError('DCCNeXt works on channels-last maps and supports only '
                          f"LayerNorm (norm_cfg type 'LN'), got {norm_type!r}")
     return nn.LayerNorm(channels, **norm_cfg)
-
-
-def _fast_path():
-    """Inference without autograd, tracing or export: in-place ops and buffer reuse."""
-    return not (torch.is_grad_enabled() or torch.jit.is_scripting() or is_exporting())
-
-
-def _inplace_conv_add():
-    """oneDNN's ``out += conv(x)`` (``mkldnn::_convolution_pointwise_``, the kernel
-    PyTorch's compiler uses for convolution + addition), or None where this build lacks it."""
-    if not torch.backends.mkldnn.is_available():
-        return None
-    try:
-        return torch.ops.mkldnn._convolution_pointwise_.binary
-    except (AttributeError, RuntimeError):
-        return None
-
-
-_CONV_ADD = {'op': _inplace_conv_add(), 'failed': False}
-
-
-def _workspace_view(workspace, key, like, channels):
-    """A ``(*like.shape[:-1], channels)`` view of the reused buffer ``workspace[key]``."""
-    rows = like.numel() // like.shape[-1]
-    buf = workspace.get(key)
-    if (buf is None or buf.numel() < rows * channels or buf.dtype != like.dtype
-            or buf.device != like.device):
-        buf = workspace[key] = like.new_empty(rows * channels)
-    return buf[:rows * channels].view(*like.shape[:-1], channels)
 
 
 def _dwconv_cl(conv, x):
@@ -91,50 +60,12 @@ class ConvFFN(BaseModule):
         self.act = nn.GELU()
         self.fc2 = nn.Linear(hidden, channels)
 
-    def forward(self, x, workspace=None):
-        """``x``: (B, H, W, C). ``workspace``: a dict shared by the blocks of one
-        forward pass without autograd; the rC-wide outputs of ``fc1`` and of the
-        depthwise convolution are then written into reused buffers instead of new
-        allocations per block."""
-        fast = _fast_path()
-        if workspace is not None and fast:
-            x = self._fc1_into(x, workspace)
-            hidden = self._dwconv_gelu_into(x, workspace)
-            if hidden is not None:
-                return self.fc2(hidden)
-        else:
-            x = self.fc1(x)
+    def forward(self, x):
+        """``x``: (B, H, W, C)."""
+        x = self.fc1(x)
         x = _dwconv_cl(self.dwconv, x)
-        if fast:  # x is our own temporary: no new (rC-wide) buffer
-            x = torch._C._nn.gelu_(x)
-        else:
-            x = self.act(x)
+        x = self.act(x)
         return self.fc2(x)
-
-    def _fc1_into(self, x, workspace):
-        out = _workspace_view(workspace, 'ffn_hidden', x, self.fc1.out_features)
-        torch.addmm(self.fc1.bias, x.reshape(-1, x.shape[-1]), self.fc1.weight.t(),
-                    out=out.view(-1, out.shape[-1]))
-        return out
-
-    def _dwconv_gelu_into(self, x, workspace):
-        """GELU(depthwise conv(x)) into a reused buffer: oneDNN adds the convolution to a
-        zeroed buffer in place (the same result as ``conv2d``; a fresh output costs page
-        faults that take longer than the convolution). None where it does not apply."""
-        conv = self.dwconv
-        if (_CONV_ADD['op'] is None or _CONV_ADD['failed'] or x.device.type != 'cpu'
-                or x.dtype != torch.float32 or conv.padding_mode != 'zeros'
-                or not torch.backends.mkldnn.enabled):
-            return None
-        out = _workspace_view(workspace, 'ffn_dwconv', x, conv.out_channels).zero_()
-        try:
-            _CONV_ADD['op'](out.permute(0, 3, 1, 2), x.permute(0, 3, 1, 2), conv.weight,
-                            conv.bias, list(conv.padding), list(conv.stride),
-                            list(conv.dilation), conv.groups, 'add', 1.0, None, [], None)
-        except RuntimeError:  # e.g. an unsupported configuration: the plain path from now
-            _CONV_ADD['failed'] = True
-            return None
-        return torch._C._nn.gelu_(out)
 
 
 class DCCNeXtBlock(BaseModule):
@@ -198,28 +129,23 @@ class DCCNeXtBlock(BaseModule):
             return self.mixer(x.reshape(B, H * W, C)).reshape(B, H, W, C)
         return _dwconv_cl(self.mixer, x)
 
-    def _residual(self, x, y, gamma, inplace):
+    def _residual(self, x, y, gamma):
         if isinstance(self.drop_path, nn.Identity) or not self.training:
             # no stochastic depth: one fused pass x + y * gamma
-            if inplace and _fast_path():
-                return x.add_(y) if gamma is None else x.addcmul_(y, gamma)
             return x + y if gamma is None else torch.addcmul(x, y, gamma)
         if gamma is not None:
             y = y * gamma
         return x + self.drop_path(y)
 
-    def _forward(self, x, inplace=False, workspace=None):
-        x = self._residual(x, self._mix(self.norm1(x)), self.gamma1, inplace)
-        # x is now a tensor of this block (unless updated in place already)
-        return self._residual(x, self.ffn(self.norm2(x), workspace), self.gamma2, True)
+    def _forward(self, x):
+        x = self._residual(x, self._mix(self.norm1(x)), self.gamma1)
+        return self._residual(x, self.ffn(self.norm2(x)), self.gamma2)
 
-    def forward(self, x, inplace=False, workspace=None):
-        """``x``: (B, H, W, C). Without autograd, ``inplace=True`` lets the block
-        overwrite ``x`` and ``workspace`` (a dict shared by the blocks of one forward
-        pass) lets it reuse a temporary buffer; the backbone passes both."""
+    def forward(self, x):
+        """``x``: (B, H, W, C)."""
         if self.with_cp and self.training and torch.is_grad_enabled():
             return cp.checkpoint(self._forward, x, use_reentrant=False)
-        return self._forward(x, inplace, workspace)
+        return self._forward(x)
 
 
 class Stem(BaseModule):
@@ -407,13 +333,10 @@ class DCCNeXt(BaseModule):
 
     def forward(self, x):
         outs = []
-        # without autograd: temporaries shared by the blocks of this pass
-        workspace = {} if _fast_path() else None
         for i in range(self.num_stages):
             x = self.downsample_layers[i](x)
             for block in self.stages[i]:
-                # x is never the caller's tensor here, so it may be updated in place
-                x = block(x, inplace=True, workspace=workspace)
+                x = block(x)
             if i in self.out_indices:
                 norm = getattr(self, f'norm{i}')
                 if self.gap_before_final_norm:
