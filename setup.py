@@ -26,23 +26,31 @@ def get_version():
 def get_extensions():
     """The optional C++ CPU extension ``mmdccnext._ext`` (DCConv kernels).
 
-    Portable flags only: the hot kernels carry ``target_clones("avx512f", "avx2", "default")``
-    and the loader picks the clone the CPU supports, so a wheel runs on any x86-64.
-    ``-ffp-contract=off`` keeps multiplies and adds separately rounded, as in the PyTorch
-    path (the two paths then compute bit-identical distances). ``MMDCCNEXT_WITH_EXT=0``
-    skips the extension.
+    Portable flags only: the kernels are compiled once per ISA in the same translation unit
+    (``#pragma GCC target``: AVX-512, AVX2 + FMA, and the baseline), and the extension picks
+    the copy by the CPU's features at run time, so a wheel runs on any x86-64 (see
+    ``mmdccnext/ops/csrc/common/dcconv_common.h``). Never add ``-march`` / ``-mavx*`` here:
+    the baseline copy and every std / torch inline function would then be compiled for that
+    ISA too. ``-ffp-contract=off`` keeps multiplies and adds separately rounded, as in the
+    PyTorch path (the two paths then compute bit-identical distances); only the marked
+    screening code of the clustering re-enables contraction. ``MMDCCNEXT_WITH_EXT=0`` skips
+    the extension.
     """
     if os.getenv('MMDCCNEXT_WITH_EXT', '1') == '0':
         return [], {}
-    sources = sorted(glob.glob(osp.join('mmdccnext', 'ops', 'csrc', '*.cpp')))
+    csrc = osp.join('mmdccnext', 'ops', 'csrc')
+    sources = sorted(glob.glob(osp.join(csrc, '**', '*.cpp'), recursive=True))
     if not sources:
         return [], {}
+    # headers: rebuild when they change, and shipped in the sdist (setuptools adds depends)
+    headers = sorted(glob.glob(osp.join(csrc, '**', '*.h'), recursive=True))
     from torch.utils.cpp_extension import BuildExtension, CppExtension
 
     extra_compile_args = ['-O3', '-fopenmp', '-std=c++20', '-ffp-contract=off', '-Wno-psabi']
     ext = CppExtension(
         name='mmdccnext._ext',
         sources=sources,
+        depends=headers,
         extra_compile_args={'cxx': extra_compile_args},
         extra_link_args=['-fopenmp'])
     return [ext], {'build_ext': BuildExtension.with_options(use_ninja=True)}

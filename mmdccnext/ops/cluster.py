@@ -338,7 +338,8 @@ def cluster_bruteforce(x, kernel_size, subvector_stride=8):
 def cluster_cpu(x, kernel_size, subvector_stride=8):
     """Fused C++ clustering: screening distances in register blocks (FMA), a certified
     candidate list per row, canonical distances for the candidates only (see
-    ``csrc/dcconv_cpu.cpp``); same indices as :func:`cluster_pytorch`."""
+    ``csrc/cpu/cluster_kernels.h``; compiled per ISA, see :func:`.ext_loader.cpu_isa`); same
+    indices as :func:`cluster_pytorch`."""
     check_tokens(x)
     K = _check_int(kernel_size, 'kernel_size')
     d = _check_int(subvector_stride, 'subvector_stride')

@@ -12,6 +12,16 @@ import torch
 
 IMPLS = ('auto', 'cpu', 'pytorch', 'export')
 ENV_IMPL = 'MMDCCNEXT_DCCONV_IMPL'
+#: Forces the ISA of the C++ kernels ('avx512' | 'avx2' | 'generic'); read by the extension on
+#: its first kernel call (see ``mmdccnext/ops/csrc/cpu/isa.cpp``).
+ENV_ISA = 'MMDCCNEXT_CPU_ISA'
+#: ISAs of the C++ kernels that ``impl='auto'`` runs: all of them. Measured on an AMD EPYC
+#: (AVX2 + FMA; the generic kernels forced), 1 thread, N = 4000, C = 320, K = 12: the
+#: generic (baseline SSE2) kernels ran ``dcconv`` about 3x faster than the PyTorch path,
+#: forward and forward + backward, the AVX2 ones about 5-6x (``tools/analysis/
+#: benchmark_dcconv.py --isa all-supported``), so no ISA needs the PyTorch path instead.
+#: This tuple is where an ISA measured slower than the PyTorch path would be left out.
+AUTO_CPU_ISAS = ('avx512', 'avx2', 'generic')
 
 _EXT_MODULE = 'mmdccnext._ext'
 _state = {'loaded': False, 'module': None, 'error': None, 'warned': False}
@@ -48,6 +58,15 @@ def ext_error():
     return _state['error']
 
 
+def cpu_isa():
+    """The ISA whose C++ kernels run ('avx512', 'avx2' or 'generic'; ``None`` without the
+    extension): :data:`ENV_ISA` if set, else the best the CPU supports. Raises a
+    ``RuntimeError`` naming the missing CPU features if :data:`ENV_ISA` asks for an ISA this
+    CPU cannot run."""
+    ext = load_ext()
+    return None if ext is None else ext.isa()
+
+
 def reset_ext_cache():
     """Forget the cached import result and the warned-once flag (for tests)."""
     _state.update(loaded=False, module=None, error=None, warned=False)
@@ -78,9 +97,10 @@ def resolve_impl(impl, tensor):
     path in standard ops (:mod:`mmdccnext.ops.export`; same indices and outputs).
 
     ``'auto'`` is first replaced by the environment variable ``MMDCCNEXT_DCCONV_IMPL`` when it
-    is set, then means: fused C++ kernels for CPU tensors when the extension is importable,
-    the PyTorch path otherwise. ``'cpu'`` raises a ``RuntimeError`` when the extension is
-    missing or the tensor is not on the CPU.
+    is set, then means: fused C++ kernels for CPU tensors when the extension is importable
+    and runs one of :data:`AUTO_CPU_ISAS` (:func:`cpu_isa`), the PyTorch path otherwise.
+    ``'cpu'`` raises a ``RuntimeError`` when the extension is missing or the tensor is not on
+    the CPU.
     """
     if impl not in IMPLS:
         raise ValueError(f'impl must be one of {IMPLS}, got {impl!r}')
@@ -112,4 +132,4 @@ def resolve_impl(impl, tensor):
     if load_ext() is None:
         _warn_fallback_once()
         return 'pytorch'
-    return 'cpu'
+    return 'cpu' if cpu_isa() in AUTO_CPU_ISAS else 'pytorch'

@@ -3,6 +3,7 @@ import importlib
 
 import pytest
 import torch
+from cpu_isa_helpers import ISAS, forced_isa, isa_param
 
 from mmdccnext.ops import (TILE_BYTES, cluster, cluster_bruteforce, cluster_cpu, cluster_pytorch,
                            ext_available, ext_error)
@@ -13,16 +14,15 @@ ext_loader = importlib.import_module('mmdccnext.ops.ext_loader')
 needs_ext = pytest.mark.skipif(
     not ext_available(), reason=f'the C++ extension mmdccnext._ext is not built ({ext_error()})')
 
-# 'cpu' screens candidates with the norm expansion on regular images (D >= 8) and with
-# direct differences otherwise; 'cpu-direct' forces the direct screen. Both must give
-# exactly the canonical result.
+# 'cpu-<isa>' screens candidates with the norm expansion on regular images (D >= 8) and with
+# direct differences otherwise; 'cpu-direct-<isa>' forces the direct screen. Both, with the
+# kernels of every ISA this CPU can run (the others are skipped, naming the missing CPU
+# feature), must give exactly the canonical result.
 # 'pytorch' proposes candidates with a float64 matmul screen and certifies them;
 # 'pytorch-exact' evaluates every pair (the reference).
-PATHS = [
-    'pytorch', 'pytorch-exact',
-    pytest.param('cpu', marks=needs_ext),
-    pytest.param('cpu-direct', marks=needs_ext)
-]
+CPU_PATHS = ([isa_param(f'cpu-{isa}', isa) for isa in ISAS] +
+             [isa_param(f'cpu-direct-{isa}', isa) for isa in ISAS])
+PATHS = ['pytorch', 'pytorch-exact'] + CPU_PATHS
 
 
 def run(path, x, K, d=8, **kwargs):
@@ -30,10 +30,12 @@ def run(path, x, K, d=8, **kwargs):
         return cluster_pytorch(x, K, d, **kwargs)
     if path == 'pytorch-exact':
         return cluster_pytorch(x, K, d, method='exact', **kwargs)
+    screen, isa = path.rsplit('-', 1)
     ext = ext_loader.load_ext()
-    ext.set_dot_screen(path == 'cpu')
+    ext.set_dot_screen(screen == 'cpu')
     try:
-        return cluster_cpu(x, K, d, **kwargs)
+        with forced_isa(isa):
+            return cluster_cpu(x, K, d, **kwargs)
     finally:
         ext.set_dot_screen(True)
 
@@ -111,8 +113,7 @@ def test_integer_data_many_exact_ties(path):
     assert torch.equal(run(path, x, 12, 1), cluster_bruteforce(x, 12, 1))
 
 
-@needs_ext
-@pytest.mark.parametrize('screen', ['cpu', 'cpu-direct'])
+@pytest.mark.parametrize('screen', CPU_PATHS)
 @pytest.mark.parametrize('scale', [1e-3, 1.0, 1e3])
 def test_paths_bit_identical_on_near_ties(scale, screen):
     # patches that differ by a few ulps: distances agree only if both paths compute the
@@ -126,8 +127,7 @@ def test_paths_bit_identical_on_near_ties(scale, screen):
     check_structure(a, 1, 400, 18)
 
 
-@needs_ext
-@pytest.mark.parametrize('screen', ['cpu', 'cpu-direct'])
+@pytest.mark.parametrize('screen', CPU_PATHS)
 @pytest.mark.parametrize('offset', [0., 1e3, 1e5])
 def test_common_offset_and_near_duplicates(offset, screen):
     # a large common offset (cancellation in |a|^2 + |b|^2 - 2ab) and clusters of
@@ -140,8 +140,7 @@ def test_common_offset_and_near_duplicates(offset, screen):
     check_structure(a, 1, 600, 12)
 
 
-@needs_ext
-@pytest.mark.parametrize('screen', ['cpu', 'cpu-direct'])
+@pytest.mark.parametrize('screen', CPU_PATHS)
 def test_paths_identical_larger(screen):
     x = randn(2, 700, 96, seed=7)
     assert torch.equal(run(screen, x, 12, 8), cluster_pytorch(x, 12, 8))
@@ -162,8 +161,7 @@ def test_non_finite_inputs(path):
     assert idx[1, 2].tolist() == [2, 0, 1, 3, 4, 5]
 
 
-@needs_ext
-@pytest.mark.parametrize('screen', ['cpu', 'cpu-direct'])
+@pytest.mark.parametrize('screen', CPU_PATHS)
 @pytest.mark.parametrize('scale,d', [(1e18, 1), (1e-40, 1), (1e18, 2), (1e-21, 2), (3e17, 2)])
 def test_extreme_magnitudes_paths_agree(scale, d, screen):
     # near overflow (squared differences overflow to inf) and subnormal distances

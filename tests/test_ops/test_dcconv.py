@@ -4,6 +4,7 @@ import warnings
 
 import pytest
 import torch
+from cpu_isa_helpers import ISAS, forced_isa, isa_param
 
 from mmdccnext.ops import (DCConv, aggregate, aggregate_cpu, aggregate_pytorch, cluster,
                            cluster_bruteforce, dcconv, ext_available, ext_error)
@@ -14,8 +15,19 @@ ext_loader = importlib.import_module('mmdccnext.ops.ext_loader')
 needs_ext = pytest.mark.skipif(
     not ext_available(), reason=f'the C++ extension mmdccnext._ext is not built ({ext_error()})')
 
-PATHS = ['pytorch', pytest.param('cpu', marks=needs_ext)]
 AGG = {'pytorch': aggregate_pytorch, 'cpu': aggregate_cpu}
+
+
+@pytest.fixture(params=['pytorch'] + [isa_param(f'cpu-{isa}', isa) for isa in ISAS])
+def path(request):
+    """The impl a test passes: 'pytorch', or 'cpu' with the kernels of each ISA this CPU can
+    run forced (the others are skipped, naming the missing CPU feature)."""
+    impl, _, isa = request.param.partition('-')
+    if not isa:
+        yield impl
+        return
+    with forced_isa(isa):
+        yield impl
 
 
 def gen(seed):
@@ -39,7 +51,6 @@ def manual(x, idx, w, b):
     return y + b.double() if b is not None else y
 
 
-@pytest.mark.parametrize('path', PATHS)
 @pytest.mark.parametrize('with_bias', [True, False])
 def test_forward_matches_definition(path, with_bias):
     x, w, b = inputs()
@@ -49,8 +60,7 @@ def test_forward_matches_definition(path, with_bias):
     torch.testing.assert_close(y.double(), manual(x, idx, w, b), rtol=1e-5, atol=1e-5)
 
 
-@needs_ext
-def test_paths_agree_forward_and_backward():
+def test_paths_agree_forward_and_backward(cpu_isa):
     x, w, b = inputs(B=3, N=150, C=48, K=9, seed=1)
     grads = {}
     for path in ('pytorch', 'cpu'):
@@ -64,7 +74,6 @@ def test_paths_agree_forward_and_backward():
         torch.testing.assert_close(a, c, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize('path', PATHS)
 def test_gradcheck_float64(path):
     x, w, b = inputs(B=2, N=12, C=5, K=4, seed=2, dtype=torch.float64)
     idx = cluster(x, 4, 2)
@@ -73,7 +82,6 @@ def test_gradcheck_float64(path):
     assert torch.autograd.gradcheck(lambda x, w: AGG[path](x, idx, w), (x, w))
 
 
-@pytest.mark.parametrize('path', PATHS)
 def test_gradcheck_feature_maps(path):
     g = gen(3)
     x = torch.randn(1, 4, 3, 3, generator=g, dtype=torch.float64, requires_grad=True)
@@ -82,7 +90,6 @@ def test_gradcheck_feature_maps(path):
     assert torch.autograd.gradcheck(lambda x, w: dcconv(x, w, impl=path, idx=idx), (x, w))
 
 
-@pytest.mark.parametrize('path', PATHS)
 def test_fewer_patches_than_kernel_taps(path):
     # N = 5 < K = 9: the cluster holds all 5 patches, the taps W[5:] are unused
     x, w, b = inputs(B=2, N=5, C=8, K=9, seed=4)
@@ -100,7 +107,6 @@ def test_fewer_patches_than_kernel_taps(path):
     assert dcconv(maps, w.detach(), impl=path).shape == (1, 8, 2, 2)
 
 
-@pytest.mark.parametrize('path', PATHS)
 def test_feature_map_layouts(path):
     g = gen(6)
     maps = torch.randn(2, 24, 5, 7, generator=g)
@@ -119,7 +125,6 @@ def test_feature_map_layouts(path):
     assert torch.equal(y_nc, y_tok)
 
 
-@pytest.mark.parametrize('path', PATHS)
 @pytest.mark.parametrize('dtype', [torch.float16, torch.bfloat16])
 def test_half_precision(path, dtype):
     x, w, b = inputs(B=2, N=40, C=16, K=6, seed=7)
@@ -138,7 +143,6 @@ def test_half_precision(path, dtype):
     torch.testing.assert_close(wh.grad.float(), wf.grad, rtol=2e-2, atol=0.5)
 
 
-@pytest.mark.parametrize('path', PATHS)
 def test_autocast_float32_weight_half_input(path):
     x, w, b = inputs(B=1, N=30, C=16, K=5, seed=8)
     y = dcconv(x.bfloat16(), w, b, impl=path)  # AMP: activations bf16, parameters fp32
@@ -148,7 +152,6 @@ def test_autocast_float32_weight_half_input(path):
     assert y2.dtype == torch.bfloat16
 
 
-@pytest.mark.parametrize('path', PATHS)
 def test_backward_deterministic(path):
     x, w, b = inputs(B=2, N=300, C=40, K=12, seed=9)
     idx = cluster(x, 12)
@@ -168,7 +171,6 @@ def test_backward_deterministic(path):
             assert torch.equal(a, c)
 
 
-@pytest.mark.parametrize('path', PATHS)
 def test_non_finite_inputs_do_not_crash(path):
     x, w, b = inputs(B=1, N=20, C=8, K=5, seed=11)
     x[0, 2] = float('nan')
@@ -180,7 +182,6 @@ def test_non_finite_inputs_do_not_crash(path):
     assert y.shape == x.shape
 
 
-@pytest.mark.parametrize('path', PATHS)
 def test_precomputed_indices_skip_clustering(path, monkeypatch):
     x, w, b = inputs(B=1, N=10, C=4, K=3, seed=12)
     idx = torch.arange(10).repeat(1, 3, 1).permute(0, 2, 1).contiguous()  # self only, x3

@@ -19,10 +19,17 @@ resident memory during the call (inputs excluded; everything the call allocates 
 tensors, autograd buffers and the C++ kernels' scratch). One-time state (thread pools,
 autograd engine) is initialised beforehand by a call on a tiny input. Linux only.
 
+The fused C++ path runs the kernels of one ISA (``avx512``, ``avx2`` or ``generic``; see
+``mmdccnext/ops/csrc/cpu/isa.cpp``): by default the one the extension picks for this CPU
+(``MMDCCNEXT_CPU_ISA`` forces one), printed in the header; ``--isa`` times each named ISA
+as its own row ``cpu[<isa>]`` (``all-supported``: every ISA this CPU can run). An ISA the CPU
+cannot run is reported and skipped.
+
 Example::
 
     python tools/analysis/benchmark_dcconv.py --threads 2 --repeat 5
     python tools/analysis/benchmark_dcconv.py --shapes 4000,320,12 16000,320,12
+    python tools/analysis/benchmark_dcconv.py --threads 1 --isa all-supported --no-memory
 """
 import argparse
 import json
@@ -38,6 +45,7 @@ import torch
 DEFAULT_SHAPES = [(196, 320, 12), (49, 512, 18), (1024, 320, 12), (256, 512, 18), (4000, 320, 12),
                   (1000, 512, 18), (16000, 320, 12)]
 PATHS = ('cpu', 'pytorch', 'naive')
+ISAS = ('avx512', 'avx2', 'generic')
 
 
 def naive_dcconv(x, weight, bias, kernel_size, subvector_stride=8):
@@ -52,10 +60,31 @@ def naive_dcconv(x, weight, bias, kernel_size, subvector_stride=8):
 
 
 def make_fn(path, kernel_size, subvector_stride=8):
+    """``path``: 'naive', 'pytorch', 'cpu' (the extension's ISA) or 'cpu[<isa>]'."""
     if path == 'naive':
         return lambda x, w, b: naive_dcconv(x, w, b, kernel_size, subvector_stride)
     from mmdccnext.ops import dcconv
+    if path.startswith('cpu['):
+        from mmdccnext.ops.ext_loader import load_ext
+        ext, isa = load_ext(), path[4:-1]
+
+        def run_isa(x, w, b):
+            ext.set_isa(isa)  # every call: the rows run round robin with the other ISAs
+            return dcconv(x, w, b, subvector_stride=subvector_stride, impl='cpu')
+
+        return run_isa
     return lambda x, w, b: dcconv(x, w, b, subvector_stride=subvector_stride, impl=path)
+
+
+def isa_report():
+    """(header line, ISAs this CPU runs) of the extension's ISA dispatch."""
+    from mmdccnext.ops.ext_loader import load_ext
+    ext = load_ext()
+    features = ', '.join(f'{f} {"yes" if ok else "no"}' for f, ok in ext.cpu_features())
+    supported = list(ext.supported_isas())
+    line = (f'C++ kernels: ISA {ext.isa()} (compiled: {", ".join(ext.compiled_isas())}; this '
+            f'CPU runs: {", ".join(supported)}; CPU features: {features or "n/a"})')
+    return line, supported
 
 
 def make_inputs(N, C, K, seed=0):
@@ -92,7 +121,7 @@ def child_memory(path, N, C, K, mode, threads):
     inputs = make_inputs(N, C, K)
     if path != 'naive':
         from mmdccnext.ops import ext_available
-        if path == 'cpu' and not ext_available():
+        if path.startswith('cpu') and not ext_available():
             return None
     # initialise thread pools, the autograd engine and lazy state on a tiny input first, so
     # that one-time costs are not counted, then measure the real call
@@ -162,6 +191,12 @@ def main(argv=None):
     parser.add_argument('--repeat', type=int, default=5, help='timed repetitions (median)')
     parser.add_argument('--threads', type=int, default=torch.get_num_threads())
     parser.add_argument('--paths', nargs='+', default=list(PATHS), choices=PATHS)
+    parser.add_argument(
+        '--isa',
+        nargs='+',
+        choices=list(ISAS) + ['all-supported'],
+        help='time the C++ path with the kernels of each of these ISAs (rows cpu[<isa>]) '
+        'instead of the ISA the extension picks')
     parser.add_argument('--no-memory', action='store_true', help='skip the memory runs')
     parser.add_argument(
         '--max-seconds',
@@ -183,8 +218,20 @@ def main(argv=None):
     paths = [p for p in args.paths if p != 'cpu' or ext_available()]
     if 'cpu' in args.paths and 'cpu' not in paths:
         print('note: mmdccnext._ext is not built; the fused C++ path is skipped')
+    isa_line = 'C++ kernels: n/a'
+    if 'cpu' in paths:
+        isa_line, supported = isa_report()
+        if args.isa:
+            wanted = supported if 'all-supported' in args.isa else [
+                i for i in ISAS if i in args.isa
+            ]
+            for isa in wanted:
+                if isa not in supported:
+                    print(f'note: this CPU cannot run the {isa} kernels; skipped')
+            at = paths.index('cpu')
+            paths[at:at + 1] = [f'cpu[{isa}]' for isa in wanted if isa in supported]
     print(f'torch {torch.__version__}, threads {args.threads}, B=1, float32, d=8, '
-          f'repeat {args.repeat} (median)\n')
+          f'repeat {args.repeat} (median), load {os.getloadavg()[0]:.2f}\n{isa_line}\n')
     header = ('| N | C | K | path | fwd ms | fwd speed-up | fwd+bwd ms | fwd+bwd speed-up '
               '| peak MB fwd | peak MB fwd+bwd | peak fwd+bwd / naive |')
     print(header)

@@ -2,6 +2,8 @@
 #include <torch/extension.h>
 
 #include <optional>
+#include <string>
+#include <utility>
 #include <vector>
 
 namespace dcconv {
@@ -13,6 +15,12 @@ std::vector<at::Tensor> aggregate_backward(const at::Tensor& grad_out, const at:
                                            bool need_x, bool need_w, bool need_b);
 void set_dot_screen(bool on);
 bool get_dot_screen();
+std::string isa_name_str();
+std::vector<std::string> compiled_isas();
+std::vector<std::string> supported_isas();
+std::vector<std::pair<std::string, bool>> cpu_features();
+void set_isa(const std::string& name);
+void reset_isa();
 }  // namespace dcconv
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -31,4 +39,20 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "use (True, default) or not the norm-expansion screen of the clustering kernel; the "
         "result does not depend on it (for tests)");
   m.def("get_dot_screen", &dcconv::get_dot_screen);
+  m.def("isa", &dcconv::isa_name_str,
+        "the ISA whose kernels run ('avx512', 'avx2' or 'generic'): MMDCCNEXT_CPU_ISA if set "
+        "(read on first use), else the best this CPU supports; RuntimeError if the variable "
+        "names one the CPU cannot run");
+  m.def("compiled_isas", &dcconv::compiled_isas, "ISAs compiled into this build, best first");
+  m.def("supported_isas", &dcconv::supported_isas,
+        "compiled ISAs this CPU can run, best first");
+  m.def("cpu_features", &dcconv::cpu_features,
+        "[(feature, present)] for the CPU features the ISAs need (empty off x86-64)");
+  m.def("set_isa", &dcconv::set_isa,
+        "force the ISA of the kernels ('avx512', 'avx2', 'generic', or 'auto' for the best "
+        "the CPU runs); RuntimeError naming the missing CPU features if it cannot run it, "
+        "ValueError for an unknown name",
+        py::arg("name"));
+  m.def("reset_isa", &dcconv::reset_isa,
+        "forget the choice: the next kernel call chooses again (re-reading MMDCCNEXT_CPU_ISA)");
 }

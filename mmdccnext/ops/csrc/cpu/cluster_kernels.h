@@ -1,0 +1,435 @@
+// Clustering kernels of DCConv, one copy per ISA: included by common/isa_instantiate.h (from
+// cpu/cluster.cpp) once per ISA, inside that ISA's target pragma; no include guard on
+// purpose, and no #include (every header comes first, see "ODR" in common/dcconv_common.h).
+//
+// ---------------------------------------------------------------------------------------
+// Clustering
+//
+// The canonical distance e_j (separately rounded multiply and add, see the top of
+// common/dcconv_common.h) decides the clusters. To run at fused-multiply-add speed, the
+// register blocks compute a *screening* distance s_j where the compiler may fuse
+// (fp-contract=fast: FMA in the AVX2 and AVX-512 copies; the baseline SSE2 copy has no FMA
+// and rounds separately, which the bounds below cover as well). Both are sums of the same D
+// non-negative terms (x_i[t] - x_j[t])^2 (identical rounded differences) with at most one
+// rounding more or less per step, so with u = 2^-24 (2^-53 for double), S the exact sum of
+// the terms and g = D u / (1 - D u):  |s_j - S| <= g S  and  |e_j - S| <= g S, hence
+//     e_j <= screen(s_j)  and  s_j <= screen(e_j),   screen(v) = v (1 + 3 (D + 1) u) + slack
+// (slack covers subnormals; screen(v) = inf for v near overflow, where no bound is used).
+//
+// Vector width. A vector lane holds one column j of a panel, and each lane accumulates its
+// own D terms in increasing t, one multiply(-add) per term, whatever the number of lanes:
+// the roundings each s_j goes through, and so every bound here and below, are the same
+// for 16-byte (generic), 32-byte (AVX2) and 64-byte (AVX-512) vectors. Only which columns
+// share a register changes.
+//
+// Per row a candidate list is kept, sorted by (s, j), that provably contains the exact
+// top-(K-1) by (e, j) among the columns seen so far: if s_(m) is the m-th smallest screened
+// distance in the list, no column with s_j > band = screen(screen(s_(m))) can beat all of
+// those m columns, so such columns are never inserted and are trimmed from the tail. Near
+// ties (or exact ties, e.g. duplicated patches) can grow the list; when it reaches its
+// capacity it is "resolved": canonical distances are computed for its entries and only the
+// exact top-(K-1) is kept. At the end of the row the canonical distances of the (about K-1)
+// survivors are computed and sorted by (e, j). The result is therefore identical to
+// evaluating the canonical distance for every pair, at the cost of ~K canonical
+// evaluations per row.
+//
+// Expansion screen. For images whose sub-vectors are all finite and D >= 8, the screen
+// reads the sub-vectors centred on the image mean, c_j = fl(x_j - mean) (distances are
+// translation invariant; centring keeps the norms and so the bound small), and computes
+// s_j = |c_i|^2 + |c_j|^2 - 2 <c_i, c_j> (one FMA per pair and channel instead of a
+// subtraction and an FMA). With S the exact squared distance of the raw sub-vectors and S'
+// that of the centred ones, |S' - S| <= 2u (|c_i|^2 + |c_j|^2) + u S (rounding of the
+// centring) and |s_j - S'| <= (2D + 5) u (|c_i|^2 + |c_j|^2) (norms, dot product, final
+// combination; the dot product of a lane is again D steps in increasing t, fused or not), so
+// |s_j - S| <= E_i + u S with E_i = (2D + 12) u (|c_i|^2 + max_j |c_j|^2) + subnormal slack,
+// while the canonical distance satisfies |e_j - S| <= (D + 4) u S. Hence a column can beat
+// the m-th list entry (screened s_(m)) only if
+// s_j <= dot_band(s_(m)) = (s_(m) + E_i)(1 + (3D + 16) u) + E_i (rounded up), and the list
+// logic above is unchanged (it only needs a band that is monotone in s).
+// Images with non-finite values, huge norms or D < 8 use the direct screen.
+// ---------------------------------------------------------------------------------------
+#ifndef DCCONV_ISA
+#error "cluster_kernels.h is compiled through common/isa_instantiate.h"
+#endif
+
+namespace dcconv {
+namespace DCCONV_ISA {
+
+template <typename T>
+struct Vec;
+template <>
+struct Vec<float> {
+  typedef float type __attribute__((vector_size(DCCONV_VEC_BYTES)));
+  static constexpr int L = DCCONV_VEC_BYTES / 4;
+};
+template <>
+struct Vec<double> {
+  typedef double type __attribute__((vector_size(DCCONV_VEC_BYTES)));
+  static constexpr int L = DCCONV_VEC_BYTES / 8;
+};
+
+constexpr int kRowSub = DCCONV_ROW_SUB;  // rows of one register block
+constexpr int kPanelVecs = DCCONV_PANEL_VECS;  // vectors (of L columns) per block / panel
+
+// r + k * denorm_min (k < 2^20), without subnormal arithmetic (very slow on x86) in the
+// common case: for r > 2^20 * min_normal the sum rounds back to r anyway.
+template <typename T>
+inline T add_tiny(T r, int64_t k) {
+  if (r > std::numeric_limits<T>::min() * T(1 << 20)) return r;
+  return r + T(k) * std::numeric_limits<T>::denorm_min();
+}
+
+template <typename T>
+inline T screen_bound(T v, int64_t D) {
+  const T u = std::numeric_limits<T>::epsilon() / 2;
+  if (!(v < std::numeric_limits<T>::max() / 8)) return std::numeric_limits<T>::infinity();
+  T r = v * (T(1) + T(3 * (D + 1)) * u);
+  return add_tiny(r, 4 * (D + 1));
+}
+
+// Band of the norm-expansion screen (regular images, see "Expansion screen" above): with
+// E the row's bound |screen - S| <= E, a column can still beat the m-th entry (screened v)
+// only if its screened distance is <= (v + E) (1 + c) + E.
+template <typename T>
+inline T dot_band(T v, T E, int64_t D) {
+  const T u = std::numeric_limits<T>::epsilon() / 2;
+  T r = (v + E) * (T(1) + T(3 * D + 16) * u) + E;
+  r = add_tiny(r * (T(1) + T(4) * u), 4);
+  return r < std::numeric_limits<T>::max() / 4 ? r : std::numeric_limits<T>::infinity();
+}
+
+// Candidate list of one row (see above), sorted by (screened distance, index); storage is
+// provided by the caller.
+template <typename T>
+struct RowCands {
+  T* sig;        // screened distances, ascending (ties: ascending index)
+  int64_t* idx;  // column indices
+  T* ex;         // scratch for canonical distances
+  int64_t n;     // entries
+  T band;        // insertion threshold on screened distances
+  T eps;         // expansion screen: error bound E_i of the row; < 0: direct screen
+};
+
+template <typename T>
+struct ListCtx {
+  const T* srow;   // sub-vector of the row
+  const T* s;      // sub-vectors of the image
+  int64_t D, m, cap;
+  std::vector<int64_t>* ord;  // scratch
+  std::vector<T>* tmp;        // scratch
+  std::vector<int64_t>* tmpi;  // scratch
+};
+
+template <typename T>
+inline void update_band(RowCands<T>& c, const ListCtx<T>& x) {
+  if (c.n < x.m) {
+    c.band = std::numeric_limits<T>::infinity();
+    return;
+  }
+  c.band = c.eps < 0 ? screen_bound<T>(screen_bound<T>(c.sig[x.m - 1], x.D), x.D)
+                     : dot_band<T>(c.sig[x.m - 1], c.eps, x.D);
+  while (c.n > x.m && c.sig[c.n - 1] > c.band) --c.n;
+}
+
+// Canonical distances of all entries and the permutation sorting them by (canonical, index).
+template <typename T>
+void exact_order(RowCands<T>& c, const ListCtx<T>& x) {
+  std::vector<int64_t>& ord = *x.ord;
+  ord.resize(c.n);
+  for (int64_t q = 0; q < c.n; ++q) {
+    ord[q] = q;
+    c.ex[q] = exact_sq_dist<T>(x.srow, x.s + c.idx[q] * x.D, x.D);
+  }
+  std::sort(ord.begin(), ord.end(), KeyThenIndex<T>{c.ex, c.idx});
+}
+
+// Keep only the exact top-m of the list (near-ties filled it up), in (screened, index) order.
+template <typename T>
+void resolve_exact(RowCands<T>& c, const ListCtx<T>& x) {
+  exact_order(c, x);
+  std::vector<int64_t>& ord = *x.ord;
+  const int64_t k = std::min(x.m, c.n);
+  ord.resize(k);
+  std::sort(ord.begin(), ord.end(), KeyThenIndex<T>{c.sig, c.idx});
+  std::vector<T>& sg = *x.tmp;
+  std::vector<int64_t>& id = *x.tmpi;
+  sg.resize(k);
+  id.resize(k);
+  for (int64_t q = 0; q < k; ++q) {
+    sg[q] = c.sig[ord[q]];
+    id[q] = c.idx[ord[q]];
+  }
+  for (int64_t q = 0; q < k; ++q) {
+    c.sig[q] = sg[q];
+    c.idx[q] = id[q];
+  }
+  c.n = k;
+}
+
+// Sort the entries by (screened distance, index): insertion sort, the lists are short.
+template <typename T>
+inline void sort_screened(RowCands<T>& c) {
+  for (int64_t q = 1; q < c.n; ++q) {
+    const T v = c.sig[q];
+    const int64_t j = c.idx[q];
+    int64_t pos = q;
+    while (pos > 0 && (c.sig[pos - 1] > v || (c.sig[pos - 1] == v && c.idx[pos - 1] > j))) {
+      c.sig[pos] = c.sig[pos - 1];
+      c.idx[pos] = c.idx[pos - 1];
+      --pos;
+    }
+    c.sig[pos] = v;
+    c.idx[pos] = j;
+  }
+}
+
+// Offer column j (screened distance sg <= band, NaN already mapped to +inf); j is larger
+// than every index already offered, so among equal screened distances it goes last.
+template <typename T>
+inline void offer(RowCands<T>& c, const ListCtx<T>& x, T sg, int64_t j) {
+  if (c.n == x.cap) {
+    resolve_exact(c, x);
+    update_band(c, x);
+    if (!(sg <= c.band)) return;
+  }
+  int64_t pos = c.n;
+  while (pos > 0 && c.sig[pos - 1] > sg) {
+    c.sig[pos] = c.sig[pos - 1];
+    c.idx[pos] = c.idx[pos - 1];
+    --pos;
+  }
+  c.sig[pos] = sg;
+  c.idx[pos] = j;
+  ++c.n;
+  if (pos < x.m) update_band(c, x);
+}
+
+template <typename T>
+void finish_row(RowCands<T>& c, const ListCtx<T>& x, int64_t* out) {
+  // the list holds every other patch (N - 1 <= m) or a superset of the exact top-m
+  exact_order(c, x);
+  const std::vector<int64_t>& ord = *x.ord;
+  for (int64_t q = 0; q < x.m; ++q) out[q] = c.idx[ord[q]];
+}
+
+template <typename T>
+struct MaskInt;
+template <>
+struct MaskInt<float> {
+  typedef int32_t type __attribute__((vector_size(DCCONV_VEC_BYTES)));
+};
+template <>
+struct MaskInt<double> {
+  typedef int64_t type __attribute__((vector_size(DCCONV_VEC_BYTES)));
+};
+
+// Bit l of the result: lane l (over the kPanelVecs vectors) is <= w. NaN lanes are not (an
+// ordered comparison). DCCONV_MASK picks the instructions: 1 / 2: one compare and one
+// movemask per vector (AVX / SSE2); 0: portable GCC vector code, the lanes' bits OR-reduced
+// into lane 0 by log2(L) shuffles (the AVX-512 copy keeps this, its tested form).
+template <typename T>
+DCCONV_INLINE uint32_t le_mask(const typename Vec<T>::type* a, T w) {
+  typedef typename Vec<T>::type V;
+  constexpr int L = Vec<T>::L;
+  static_assert(kPanelVecs * L <= 32, "mask layout");
+  const V wv = V{} + w;
+#if DCCONV_MASK == 1 || DCCONV_MASK == 2
+  uint32_t m = 0;
+  for (int v = 0; v < kPanelVecs; ++v) {
+    uint32_t mv;
+#if DCCONV_MASK == 1
+    if constexpr (std::is_same_v<T, float>)
+      mv = _mm256_movemask_ps(_mm256_cmp_ps((__m256)a[v], (__m256)wv, _CMP_LE_OQ));
+    else
+      mv = _mm256_movemask_pd(_mm256_cmp_pd((__m256d)a[v], (__m256d)wv, _CMP_LE_OQ));
+#else
+    if constexpr (std::is_same_v<T, float>)
+      mv = _mm_movemask_ps(_mm_cmple_ps((__m128)a[v], (__m128)wv));
+    else
+      mv = _mm_movemask_pd(_mm_cmple_pd((__m128d)a[v], (__m128d)wv));
+#endif
+    m |= mv << (v * L);
+  }
+  return m;
+#else
+  typedef typename MaskInt<T>::type M;
+  typedef std::remove_reference_t<decltype(M{}[0])> I;
+  M bit;
+  for (int l = 0; l < L; ++l) bit[l] = I(1) << l;
+  const M zero = M{};
+  M m = zero;
+  for (int v = 0; v < kPanelVecs; ++v) m = m | ((a[v] <= wv) ? (bit << (v * L)) : zero);
+  if constexpr (L == 16) {
+    m = m | __builtin_shufflevector(m, m, 8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7);
+    m = m | __builtin_shufflevector(m, m, 4, 5, 6, 7, 0, 1, 2, 3, 4, 5, 6, 7, 0, 1, 2, 3);
+    m = m | __builtin_shufflevector(m, m, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3, 0, 1);
+    m = m | __builtin_shufflevector(m, m, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0);
+  } else if constexpr (L == 8) {
+    m = m | __builtin_shufflevector(m, m, 4, 5, 6, 7, 0, 1, 2, 3);
+    m = m | __builtin_shufflevector(m, m, 2, 3, 0, 1, 2, 3, 0, 1);
+    m = m | __builtin_shufflevector(m, m, 1, 0, 1, 0, 1, 0, 1, 0);
+  } else if constexpr (L == 4) {
+    m = m | __builtin_shufflevector(m, m, 2, 3, 0, 1);
+    m = m | __builtin_shufflevector(m, m, 1, 0, 1, 0);
+  } else {
+    static_assert(L == 2, "vector lanes");
+    m = m | __builtin_shufflevector(m, m, 1, 0);
+  }
+  return static_cast<uint32_t>(m[0]);
+#endif
+}
+
+#pragma GCC push_options
+#pragma GCC optimize("fp-contract=fast")
+// Rows [i0, i1) of image b: screening distances to all N patches, panel by panel, in
+// kRowSub x PW register blocks; lanes under a row's band are offered to its list.
+// Everything in this push_options region may be FMA-contracted: only screening arithmetic
+// and bounds with margins (the canonical distance is exact_sq_dist, out of line).
+template <typename T, bool kDot>
+DCCONV_INLINE void cluster_rows_impl(const ClusterArgs<T>& a, int64_t b, int64_t i0,
+                                     int64_t i1) {
+  typedef typename Vec<T>::type V;
+  constexpr int L = Vec<T>::L;
+  constexpr int PW = L * kPanelVecs;
+  const int64_t N = a.N, D = a.D, Kc = a.Kc, m = Kc - 1;
+  const int64_t R = i1 - i0;
+  int64_t* out = a.out + (b * N + i0) * Kc;
+  if (m == 0) {
+    for (int64_t r = 0; r < R; ++r) out[r * Kc] = i0 + r;
+    return;
+  }
+  const T inf = std::numeric_limits<T>::infinity();
+  const int64_t cap = 2 * m + 32;
+  std::vector<T> sig(R * cap), ex(R * cap);
+  std::vector<int64_t> ids(R * cap);
+  std::vector<RowCands<T>> cands(R);
+  std::vector<int64_t> ord, tmpi;
+  std::vector<T> tmp;
+  ord.reserve(cap);
+  const T* s = a.s + b * N * D;
+  const T* scr = a.scr + b * N * D;
+  const T* panels = a.panels + b * a.P * D * PW;
+  const T* norms = a.norms + b * a.P * PW;
+  const T u = std::numeric_limits<T>::epsilon() / 2;
+  for (int64_t r = 0; r < R; ++r) {
+    T eps = -1;
+    if (kDot) {
+      eps = T(2 * D + 12) * u * (norms[i0 + r] + a.nbmax[b]);
+      eps = add_tiny(eps * (T(1) + T(4) * u), 16 * (D + 2));
+    }
+    cands[r] = RowCands<T>{sig.data() + r * cap, ids.data() + r * cap, ex.data() + r * cap, 0,
+                           inf, eps};
+  }
+
+  for (int64_t p = 0; p < a.P; ++p) {
+    const T* pan = panels + p * D * PW;
+    const int64_t j0 = p * PW;
+    for (int64_t r0 = 0; r0 < R; r0 += kRowSub) {
+      const T* rp[kRowSub];
+      for (int r = 0; r < kRowSub; ++r)
+        rp[r] = scr + std::min<int64_t>(i0 + r0 + r, N - 1) * D;
+      V acc[kRowSub][kPanelVecs];
+      for (int r = 0; r < kRowSub; ++r)
+        for (int v = 0; v < kPanelVecs; ++v) acc[r][v] = V{};
+      for (int64_t t = 0; t < D; ++t) {
+        V c[kPanelVecs];
+        for (int v = 0; v < kPanelVecs; ++v)
+          c[v] = *reinterpret_cast<const V*>(pan + t * PW + v * L);
+        for (int r = 0; r < kRowSub; ++r) {
+          const T rv = rp[r][t];
+          for (int v = 0; v < kPanelVecs; ++v) {
+            if (kDot) {
+              acc[r][v] = acc[r][v] + rv * c[v];  // fused (screening only)
+            } else {
+              V diff = rv - c[v];
+              acc[r][v] = acc[r][v] + diff * diff;  // may be fused (screening only)
+            }
+          }
+        }
+      }
+      if (kDot) {
+        for (int r = 0; r < kRowSub; ++r) {
+          const T na = norms[std::min<int64_t>(i0 + r0 + r, N - 1)];
+          for (int v = 0; v < kPanelVecs; ++v) {
+            const V nb = *reinterpret_cast<const V*>(norms + j0 + v * L);
+            acc[r][v] = (na + nb) - (acc[r][v] + acc[r][v]);
+          }
+        }
+      }
+      // spill the block once (reading single lanes right after a vector store would stall
+      // on store forwarding)
+      alignas(64) T block[kRowSub][PW];
+      for (int r = 0; r < kRowSub; ++r)
+        for (int v = 0; v < kPanelVecs; ++v)
+          *reinterpret_cast<V*>(&block[r][v * L]) = acc[r][v];
+      const int rn = static_cast<int>(std::min<int64_t>(kRowSub, R - r0));
+      for (int r = 0; r < rn; ++r) {
+        const T* lanes = block[r];
+        RowCands<T>& cr = cands[r0 + r];
+        const int64_t i = i0 + r0 + r;
+        uint32_t mask;
+        if (cr.n == 0) {
+          // first panel of the row: take all lanes at once, sort, trim to the band
+          for (int lane = 0; lane < PW && j0 + lane < N; ++lane) {
+            if (j0 + lane == i) continue;
+            cr.sig[cr.n] = std::isnan(lanes[lane]) ? inf : lanes[lane];
+            cr.idx[cr.n] = j0 + lane;
+            ++cr.n;
+          }
+          const ListCtx<T> ctx{s + i * D, s, D, m, cap, &ord, &tmp, &tmpi};
+          sort_screened(cr);
+          update_band(cr, ctx);
+          continue;
+        }
+        if (cr.band == inf) {  // list not full (or only +inf): offer every lane
+          mask = PW == 32 ? 0xFFFFFFFFu : ((1u << PW) - 1u);
+        } else {
+          // from the spilled block (acc itself would be spilled a second time)
+          mask = le_mask<T>(reinterpret_cast<const V*>(lanes), cr.band);
+          if (!mask) continue;
+        }
+        const ListCtx<T> ctx{s + i * D, s, D, m, cap, &ord, &tmp, &tmpi};
+        while (mask) {
+          const int lane = __builtin_ctz(mask);
+          mask &= mask - 1;
+          const int64_t j = j0 + lane;
+          if (j >= N) break;
+          if (j == i) continue;
+          T sg = lanes[lane];
+          if (std::isnan(sg)) sg = inf;
+          if (sg <= cr.band) offer<T>(cr, ctx, sg, j);
+        }
+      }
+    }
+  }
+  for (int64_t r = 0; r < R; ++r) {
+    const int64_t i = i0 + r;
+    out[r * Kc] = i;
+    const ListCtx<T> ctx{s + i * D, s, D, m, cap, &ord, &tmp, &tmpi};
+    finish_row<T>(cands[r], ctx, out + r * Kc + 1);
+  }
+}
+
+void cluster_rows_f32(const ClusterArgs<float>& a, int64_t b, int64_t i0, int64_t i1) {
+  if (a.dot_mode[b])
+    cluster_rows_impl<float, true>(a, b, i0, i1);
+  else
+    cluster_rows_impl<float, false>(a, b, i0, i1);
+}
+void cluster_rows_f64(const ClusterArgs<double>& a, int64_t b, int64_t i0, int64_t i1) {
+  if (a.dot_mode[b])
+    cluster_rows_impl<double, true>(a, b, i0, i1);
+  else
+    cluster_rows_impl<double, false>(a, b, i0, i1);
+}
+#pragma GCC pop_options
+
+// Panel widths the dispatcher (cpu/cluster.cpp) packs the columns with for this ISA's
+// cluster_rows_f32 / _f64, and the rows of its register block (data, not functions: baseline code must not call ISA code to
+// learn them, and it only ever calls the selected ISA's kernels).
+constexpr int kPanelWidthF32 = Vec<float>::L * kPanelVecs;
+constexpr int kPanelWidthF64 = Vec<double>::L * kPanelVecs;
+constexpr int kRowsPerBlock = kRowSub;
+
+}  // namespace DCCONV_ISA
+}  // namespace dcconv
