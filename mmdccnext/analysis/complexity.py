@@ -20,6 +20,8 @@ from contextlib import contextmanager
 
 import torch
 
+from mmdccnext.apis.inference import init_model
+
 CONVENTIONS = ('ours', 'paper')
 _PROXY_OP = 'prim::PythonOp._DCConvFlopProxy'
 
@@ -166,39 +168,12 @@ class _TwoStageDetector(torch.nn.Module):
 
 
 def build_model_from_cfg(cfg, backbone_only=False):
-    """Build ``cfg.model`` (or only ``cfg.model.backbone``) for counting, without weights.
-
-    Handles ``custom_imports`` and ``default_scope`` of the config like MMEngine's Runner.
-    """
-    from mmengine.config import Config
-    from mmengine.registry import MODELS, init_default_scope
-    from mmengine.utils import import_modules_from_strings
-
-    if not isinstance(cfg, Config):
-        cfg = Config.fromfile(cfg)
-    if cfg.get('custom_imports'):
-        import_modules_from_strings(**cfg.custom_imports)
-    init_default_scope(cfg.get('default_scope', 'mmdccnext'))
-    model_cfg = cfg.model.backbone if backbone_only else cfg.model
-    model_cfg = model_cfg.copy()
-    if backbone_only:
-        model_cfg.pop('init_cfg', None)
-    else:
-        _drop_pretrained(model_cfg)
-    return MODELS.build(model_cfg)
-
-
-def _drop_pretrained(cfg):
-    """Remove ``init_cfg`` entries of type Pretrained: counting needs no checkpoint."""
-    if isinstance(cfg, dict):
-        init = cfg.get('init_cfg')
-        if isinstance(init, dict) and init.get('type') == 'Pretrained':
-            cfg.pop('init_cfg')
-        for v in cfg.values():
-            _drop_pretrained(v)
-    elif isinstance(cfg, (list, tuple)):
-        for v in cfg:
-            _drop_pretrained(v)
+    """The model of ``cfg`` (or only its backbone) for counting: built by
+    :func:`mmdccnext.apis.init_model` without weights and with PyTorch's default
+    initialisation (counting needs neither, and a two-stage detector's RoI-head FLOPs, which
+    depend on the proposals the random model keeps, stay those of the metafiles)."""
+    model = init_model(cfg, init_weights=False)
+    return model.backbone if backbone_only else model
 
 
 def format_count(n, unit=''):

@@ -29,7 +29,6 @@ import json
 import math
 import os
 import os.path as osp
-import re
 import statistics
 import subprocess
 import sys
@@ -37,6 +36,12 @@ import time
 from collections import OrderedDict, namedtuple
 
 import torch
+
+from mmdccnext.deployment import backbone_module, export_module, ort_session
+from mmdccnext.models import optimize_for_inference
+from mmdccnext.ops import DCConv, cluster
+from mmdccnext.registry import MODELS
+from mmdccnext.utils.memory import proc_status, reset_peak_rss
 
 Setting = namedtuple('Setting', 'name batch height width dense')
 
@@ -74,8 +79,6 @@ def build_backbone(name, dense, optimize=True):
     :func:`mmdccnext.models.optimize_for_inference` unless ``optimize`` is False."""
     import mmpretrain.models  # noqa: F401  (registers mmpretrain's models)
 
-    from mmdccnext.models import optimize_for_inference
-    from mmdccnext.registry import MODELS
     model = MODELS.build(backbone_cfg(name, dense))
     model.eval()  # not model = model.eval(): MMPretrain's ConvNeXt.train returns None
     if optimize and name.startswith('DCCNeXt-'):
@@ -105,7 +108,6 @@ def onnx_file(work_dir, name, setting):
 
 def export_for_benchmark(name, setting, work_dir, model=None):
     """Export ``name`` for ``setting`` (static shape) once; later calls reuse the file."""
-    from mmdccnext.deployment import backbone_module, export_module
     path = onnx_file(work_dir, name, setting)
     if not osp.isfile(path):
         model = model if model is not None else build_backbone(name, setting.dense)
@@ -116,7 +118,6 @@ def export_for_benchmark(name, setting, work_dir, model=None):
 
 
 def ort_runner(path, x, threads):
-    from mmdccnext.deployment import ort_session
     session = ort_session(path, threads)
     feed = {session.get_inputs()[0].name: x.numpy()}
 
@@ -159,34 +160,25 @@ def time_interleaved(runners, batch, repeat=5, min_seconds=1.0, reference=REFERE
     return result
 
 
-def _status():
-    text = open('/proc/self/status').read()
-    return {k: int(re.search(rf'{k}:\s+(\d+) kB', text).group(1)) * 1024
-            for k in ('VmRSS', 'VmHWM')}
-
-
 def memory_child(spec):
     """In a fresh process: memory of the model and two forward passes (module docstring)."""
     torch.set_num_threads(spec['threads'])
     setting = SETTINGS[spec['setting']]
     if spec['engine'] == 'torch':
         import mmpretrain.models  # noqa: F401
-
-        import mmdccnext.models  # noqa: F401
     else:
         import onnxruntime  # noqa: F401
-    base = _status()['VmRSS']
-    with open('/proc/self/clear_refs', 'w') as f:
-        f.write('5')  # VmHWM := VmRSS
+    base = proc_status()['VmRSS']
+    reset_peak_rss()  # VmHWM := VmRSS
     x = make_input(setting)
     if spec['engine'] == 'torch':
         run = torch_runner(build_backbone(spec['model'], setting.dense), x)
     else:
         run = ort_runner(spec['onnx'], x, spec['threads'])
-    loaded = _status()['VmRSS']
+    loaded = proc_status()['VmRSS']
     run()
     run()
-    peak = _status()['VmHWM']
+    peak = proc_status()['VmHWM']
     return dict(total_bytes=peak - base, inference_bytes=peak - loaded)
 
 
@@ -206,27 +198,43 @@ def measure_memory(model, engine, setting, threads, onnx=None):
 # Where the time goes
 # ------------------------------------------------------------------------------------
 class _DCConvRanges:
-    """``record_function`` ranges around DCConv's clustering and aggregation."""
+    """``record_function`` ranges around DCConv's clustering and aggregation, through public
+    API only: a forward pre-hook of every DCConv clusters with :func:`mmdccnext.ops.cluster`
+    (what ``DCConv.forward`` does when it is given no indices) inside one range and hands the
+    indices to ``forward(x, idx)``, which then only aggregates, inside the other."""
+
+    def __init__(self, model):
+        self.modules = [m for m in model.modules() if isinstance(m, DCConv)]
+        self.handles = []
+        self.open = {}
+
+    def _before(self, module, args, kwargs):
+        if len(args) != 1 or kwargs.get('idx') is not None:
+            return None  # indices given by the caller: nothing to time apart
+        x = args[0]
+        tokens = x if x.dim() == 3 else x.flatten(2).transpose(1, 2)
+        with torch.profiler.record_function('DCConv clustering'):
+            idx = cluster(tokens, module.kernel_size, module.subvector_stride, impl=module.impl)
+        aggregation = torch.profiler.record_function('DCConv aggregation')
+        aggregation.__enter__()
+        self.open[id(module)] = aggregation
+        return (x, ), dict(kwargs, idx=idx)
+
+    def _after(self, module, args, kwargs, output):
+        aggregation = self.open.pop(id(module), None)
+        if aggregation is not None:
+            aggregation.__exit__(None, None, None)
 
     def __enter__(self):
-        import importlib
-        self.mod = importlib.import_module('mmdccnext.ops.dcconv')
-        self.saved = self.mod.cluster, self.mod._aggregate
-
-        def ranged(label, fn):
-
-            def wrapper(*args, **kwargs):
-                with torch.profiler.record_function(label):
-                    return fn(*args, **kwargs)
-
-            return wrapper
-
-        self.mod.cluster = ranged('DCConv clustering', self.mod.cluster)
-        self.mod._aggregate = ranged('DCConv aggregation', self.mod._aggregate)
+        for m in self.modules:
+            self.handles.append(m.register_forward_pre_hook(self._before, with_kwargs=True))
+            self.handles.append(m.register_forward_hook(self._after, with_kwargs=True))
         return self
 
     def __exit__(self, *exc):
-        self.mod.cluster, self.mod._aggregate = self.saved
+        for handle in self.handles:
+            handle.remove()
+        self.handles.clear()
 
 
 _OP_KINDS = {
@@ -267,8 +275,8 @@ def time_breakdown(model, x):
     from torch.profiler import ProfilerActivity, profile
     with torch.inference_mode():
         model(x)  # warm-up
-        with _DCConvRanges(), profile(activities=[ProfilerActivity.CPU],
-                                      record_shapes=True) as prof:
+        with _DCConvRanges(model), profile(activities=[ProfilerActivity.CPU],
+                                           record_shapes=True) as prof:
             t0 = time.perf_counter()
             model(x)
             total = (time.perf_counter() - t0) * 1e3

@@ -23,11 +23,13 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-import uuid
 
 import torch
 from mmengine.dist import barrier, get_dist_info
 from mmengine.logging import print_log
+from mmengine.runner.checkpoint import CheckpointLoader
+
+from mmdccnext.utils.fileio import atomic_open
 
 # Model-zoo files are fetched from `<this base URL>/<file name>` when it is set.
 MIRROR_ENV = 'MMDCCNEXT_MODEL_ZOO_MIRROR'
@@ -149,50 +151,33 @@ def download_checkpoint(url, sha256=None, cache_dir=None, progress=True,
         f'${MIRROR_ENV}; a file downloaded by other means can be passed as a local path.')
 
 
-def _open_temporary(path):
-    """A new ``<path>.<random>.partial`` (mode 0o666 minus the umask, like the final file)."""
-    while True:
-        tmp = f'{path}.{uuid.uuid4().hex}.partial'
-        try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-        except FileExistsError:
-            continue
-        return tmp, os.fdopen(fd, 'wb')
-
-
 def _download_once(url, path, expected, progress, timeout):
     request = urllib.request.Request(url, headers={'User-Agent': 'mmdccnext'})
-    tmp, out = _open_temporary(path)
-    try:
-        with out:
-            try:
-                response = urllib.request.urlopen(request, timeout=timeout)
-            except urllib.error.HTTPError as error:
-                message = f'HTTP {error.code} {error.reason} for {url}'
-                if error.code >= 500 or error.code in (408, 429):
-                    raise _Transient(message) from error
-                hint = ('the server does not have this file' if error.code in (404, 410) else
-                        'the server refuses it (not retried)')
-                raise DownloadError(f'{message}: {hint}') from error
-            except (urllib.error.URLError, OSError, http.client.HTTPException) as error:
-                raise _Transient(f'cannot connect: {getattr(error, "reason", error)}') from error
-            with response:
-                total = response.headers.get('Content-Length')
-                total = int(total) if total and total.isdigit() else None
-                digest, received = _copy_with_progress(response, out, total, progress,
-                                                       url_file_name(url))
-            if total is not None and received != total:
-                raise _Transient(f'connection closed after {received} of {total} bytes')
-            out.flush()
-            os.fsync(out.fileno())
+    # `<name>.<random>.partial` beside the cached file, renamed onto it only when the
+    # transfer is complete and verified; removed on any error
+    with atomic_open(path, 'wb', suffix='.partial') as out:
+        try:
+            response = urllib.request.urlopen(request, timeout=timeout)
+        except urllib.error.HTTPError as error:
+            message = f'HTTP {error.code} {error.reason} for {url}'
+            if error.code >= 500 or error.code in (408, 429):
+                raise _Transient(message) from error
+            hint = ('the server does not have this file' if error.code in (404, 410) else
+                    'the server refuses it (not retried)')
+            raise DownloadError(f'{message}: {hint}') from error
+        except (urllib.error.URLError, OSError, http.client.HTTPException) as error:
+            raise _Transient(f'cannot connect: {getattr(error, "reason", error)}') from error
+        with response:
+            total = response.headers.get('Content-Length')
+            total = int(total) if total and total.isdigit() else None
+            digest, received = _copy_with_progress(response, out, total, progress,
+                                                   url_file_name(url))
+        if total is not None and received != total:
+            raise _Transient(f'connection closed after {received} of {total} bytes')
         if expected is not None and not digest.startswith(expected):
             raise ChecksumError(
                 f'{url}: sha256 of the downloaded file is {digest}, expected {expected}; the '
                 'file is corrupted or is not the published checkpoint, so it was not kept')
-        os.replace(tmp, path)
-    finally:
-        if osp.exists(tmp):
-            os.remove(tmp)
 
 
 def _copy_with_progress(response, out, total, progress, label):
@@ -244,3 +229,20 @@ def load_checkpoint_from_url(url, map_location=None, sha256=None, cache_dir=None
         if rank > 0:
             path = download_checkpoint(url, sha256, cache_dir, progress=False)
     return load_downloaded_checkpoint(path, map_location)
+
+
+def load_from_http(filename, map_location=None, model_dir=None, progress=True):
+    """``CheckpointLoader`` scheme for http(s) URLs: the verified, cached download, loaded
+    with ``weights_only=True`` and nothing allow-listed (MMEngine's own goes through
+    ``torch.hub``, which unpickles with ``weights_only=False``)."""
+    return load_checkpoint_from_url(
+        filename, map_location=map_location, cache_dir=model_dir, progress=progress)
+
+
+def register_http_loader():
+    """Route MMEngine's http(s) checkpoint loading through :func:`load_from_http`.
+
+    Idempotent; called when ``mmdccnext`` is imported (see docs/en/get_started.md, "What
+    ``import mmdccnext`` changes")."""
+    CheckpointLoader.register_scheme(
+        prefixes=('http://', 'https://'), force=True)(load_from_http)

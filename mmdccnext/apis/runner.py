@@ -11,6 +11,7 @@ from mmengine.logging import print_log
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
+from mmdccnext.utils.version_check import check_mmcv
 from .data_check import check_data_roots
 from .dist import setup_cpu_distributed
 
@@ -48,7 +49,10 @@ def enable_amp(cfg):
 
 
 def prepare_runner(cfg, args, loaders):
-    """Check the data of ``loaders``, settle the (CPU) distributed set-up, build the Runner."""
+    """Check mmcv's ops (detection, segmentation) and the data of ``loaders``, settle the
+    (CPU) distributed set-up, build the Runner."""
+    if cfg.default_scope in ('mmdet', 'mmseg'):
+        check_mmcv(require_ops=True)  # their models need mmcv's compiled ops
     check_data_roots(cfg, loaders, args.config)
     os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
     setup_cpu_distributed(cfg)

@@ -18,7 +18,8 @@ import os.path as osp
 from mmengine.fileio import load
 from mmengine.runner.checkpoint import CheckpointLoader
 
-from .download import download_checkpoint, load_checkpoint_from_url, mirrored_url
+from .download import (download_checkpoint, load_checkpoint_from_url, mirrored_url,
+                       register_http_loader)
 
 ZOO_PREFIX = 'zoo://'
 INDEX_ENV = 'MMDCCNEXT_MODEL_INDEX'
@@ -142,3 +143,10 @@ def load_from_zoo(filename, map_location=None):
 
 def register_zoo_loader():
     CheckpointLoader.register_scheme(prefixes=ZOO_PREFIX, force=True)(load_from_zoo)
+
+
+def register_download_loaders():
+    """MMEngine's ``CheckpointLoader``: http(s) URLs through the verified download and the
+    new scheme ``zoo://<name>``. Idempotent; called when ``mmdccnext`` is imported."""
+    register_http_loader()
+    register_zoo_loader()

@@ -34,6 +34,8 @@ from typing import List, Optional, Sequence, Tuple, Union
 import cv2
 import numpy as np
 
+from mmdccnext.utils.fileio import write_file_atomic
+
 __all__ = [
     'SYNTHETIC_CLASSES', 'SYNTHETIC_ADE20K_CLASSES', 'SYNTHETIC_PALETTE', 'MANIFEST_NAME',
     'DEFAULTS', 'generate', 'generate_coco', 'generate_ade20k', 'generate_imagenet',
@@ -449,8 +451,8 @@ def _build(task: str, root: str, params: dict, writer, force: bool) -> dict:
                     f'{MANIFEST_NAME} exists\n')
         summary = _normalise(dict(writer(tmp), task=task))
         manifest = dict(generator='mmdccnext.datasets.synthetic', params=params, summary=summary)
-        _write_json(osp.join(tmp, MANIFEST_NAME + '.part'), manifest)
-        os.replace(osp.join(tmp, MANIFEST_NAME + '.part'), osp.join(tmp, MANIFEST_NAME))
+        # the manifest marks the set complete: written whole or not at all
+        write_file_atomic(osp.join(tmp, MANIFEST_NAME), json.dumps(manifest, separators=(',', ':')))
 
         if osp.lexists(root):
             other = read_manifest(root)

@@ -1,10 +1,10 @@
 """Deployment: ONNX export of classifiers and backbones, ONNX Runtime inference."""
 from .onnx import (STAGES, backbone_module, classifier_module, export_backbone, export_classifier,
-                   export_module, export_onnx, load_model, multiscale_backbone, ort_session,
-                   preprocess, read_metadata, run_session)
+                   export_module, export_onnx, multiscale_backbone, ort_session, preprocess,
+                   read_metadata, run_session)
 
 __all__ = [
     'STAGES', 'backbone_module', 'classifier_module', 'export_backbone', 'export_classifier',
-    'export_module', 'export_onnx', 'load_model', 'multiscale_backbone', 'ort_session',
+    'export_module', 'export_onnx', 'multiscale_backbone', 'ort_session',
     'preprocess', 'read_metadata', 'run_session'
 ]

@@ -16,15 +16,16 @@ least ``K + 9`` patches per stage for its screened path (``K`` = 12 in stage 3, 
 exporter's own range of each dimension is stored in the metadata (``dynamic_ranges``).
 """
 import json
-import os
 import os.path as osp
-import tempfile
 
 import numpy as np
 import torch
 from torch import nn
 
+from mmdccnext.apis.inference import get_config, init_model
 from mmdccnext.ops import DCConv
+from mmdccnext.registry import MODELS
+from mmdccnext.utils.fileio import atomic_path
 
 #: Stage outputs of the exported multi-scale backbone.
 STAGES = (0, 1, 2, 3)
@@ -95,34 +96,6 @@ class _Wrapped(nn.Module):
         return self.forward_fn(self.model, image)
 
 
-def load_model(config, checkpoint=None):
-    """Build ``config``'s model on the CPU in eval mode and load ``checkpoint`` (strict).
-
-    Returns ``(cfg, model)``. Without a checkpoint the weights are the config's
-    initialisation (``init_weights``), with ``Pretrained`` entries dropped.
-    """
-    from mmengine.logging import MMLogger
-    from mmengine.runner import load_checkpoint
-
-    from mmdccnext.analysis import build_model_from_cfg
-    from mmdccnext.apis import load_config
-
-    cfg = load_config(config) if isinstance(config, str) else config
-    model = build_model_from_cfg(cfg)
-    logger = MMLogger.get_current_instance()
-    level = logger.level
-    logger.setLevel('WARNING')  # init_weights reports every parameter at INFO level
-    try:
-        model.init_weights()
-    finally:
-        logger.setLevel(level)
-    if checkpoint is not None:
-        if not (osp.isfile(checkpoint) or '://' in checkpoint):
-            raise FileNotFoundError(f'checkpoint: no such file {checkpoint!r}')
-        load_checkpoint(model, checkpoint, map_location='cpu', strict=True, logger='silent')
-    return cfg, model.eval()
-
-
 def multiscale_backbone(cfg, model):
     """The DCCNeXt backbone of ``model`` returning the four normed stage maps
     ``(B, C_i, H / 2^(i+2), W / 2^(i+2))``, weights shared with ``model.backbone``.
@@ -131,7 +104,6 @@ def multiscale_backbone(cfg, model):
     output norms it did not have are LayerNorms at their initial (identity) value, as when a
     detector loads ImageNet weights. Returns ``(backbone, new_norms)``.
     """
-    from mmdccnext.registry import MODELS
     bb_cfg = cfg.model.backbone.copy()
     bb_cfg.pop('init_cfg', None)
     bb_cfg.update(out_indices=STAGES, gap_before_final_norm=False)
@@ -193,16 +165,8 @@ def export_module(module, shape, out_file, output_names, batch=1, dynamic=False,
         meta['dynamic_ranges'] = json.dumps(_input_ranges(program))
     for key, value in meta.items():
         program.model.metadata_props[key] = str(value)
-    out_dir = osp.dirname(osp.abspath(out_file))
-    os.makedirs(out_dir, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix='.tmp_', suffix='.onnx', dir=out_dir)
-    os.close(fd)
-    try:
+    with atomic_path(out_file, suffix='.onnx') as tmp:
         program.save(tmp, external_data=False)
-        os.replace(tmp, out_file)
-    finally:
-        if osp.exists(tmp):
-            os.remove(tmp)
     return meta
 
 
@@ -255,7 +219,8 @@ def export_onnx(config, checkpoint=None, shape=(224, 224), out_file='dccnext.onn
     Args:
         config (str | Config): a classification config (MMPretrain ``ImageClassifier``
             with a DCCNeXt backbone).
-        checkpoint (str, optional): weights (local file, http(s) or ``zoo://``).
+        checkpoint (str, optional): weights (local file, http(s) or ``zoo://``); without
+            one the weights are the config's initialisation.
         shape (tuple[int, int]): (H, W) of the export input.
         out_file (str): the classifier (output ``logits``).
         backbone_file (str, optional): the backbone (outputs ``stage0`` ... ``stage3``);
@@ -268,11 +233,12 @@ def export_onnx(config, checkpoint=None, shape=(224, 224), out_file='dccnext.onn
         dict: ``classifier`` and ``backbone`` (the files), ``new_norms`` (output norms the
         classifier did not have), ``normalisation`` (mean, std, to_rgb).
     """
-    from mmdccnext.apis import load_config
     _check_shape(shape)
-    cfg = load_config(config) if isinstance(config, str) else config
+    cfg = get_config(config)
     _check_classifier_cfg(cfg)
-    cfg, model = load_model(cfg, checkpoint)
+    # strict: an export must not silently keep random weights for a tensor the file lacks
+    model = init_model(cfg, checkpoint, strict=True)
+    cfg = model.cfg
     if backbone_file is None:
         stem, ext = osp.splitext(out_file)
         backbone_file = f'{stem}_backbone{ext or ".onnx"}'

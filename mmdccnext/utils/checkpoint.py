@@ -1,14 +1,14 @@
-"""Checkpoint loading under torch >= 2.6 (mmengine issue 1655).
+"""Loading MMEngine's own checkpoints under torch >= 2.6 (mmengine issue 1655).
 
 torch 2.6 made ``torch.load(weights_only=True)`` the default, and mmengine 0.10.7 calls it
 without arguments, so checkpoints written by mmengine's own runner (which pickle a
 ``HistoryBuffer``, numpy arrays and scalars in ``message_hub``) no longer load and
-``resume=True`` fails. Here the local-file loader is replaced by one that keeps
-``weights_only=True`` and allow-lists exactly those classes (plus a ``getattr`` that only
-resolves ``HistoryBuffer``'s own statistics methods, which is how pickle names them), and
-the http(s) loader by the verified, cached download of ``mmdccnext.apis.download``, which
-loads with ``weights_only=True`` and nothing allow-listed (torch.hub's default is
-``weights_only=False``), so no file is ever unpickled with arbitrary globals.
+``resume=True`` fails. :func:`register_checkpoint_loaders` (called when ``mmdccnext`` is
+imported; on torch >= 2.6 only) makes MMEngine's local-file loader run with exactly those
+classes allow-listed (plus a ``getattr`` that only resolves ``HistoryBuffer``'s own
+statistics methods, which is how pickle names them); everything else about that loader is
+MMEngine's. What importing mmdccnext changes, and why, in one place:
+docs/en/get_started.md, "What ``import mmdccnext`` changes".
 """
 import inspect
 import os.path as osp
@@ -18,6 +18,8 @@ import numpy as np
 import torch
 from mmengine.logging.history_buffer import HistoryBuffer
 from mmengine.runner.checkpoint import CheckpointLoader
+from mmengine.runner.checkpoint import load_from_local as _mmengine_load_from_local
+from mmengine.utils import digit_version
 
 
 def _numpy_globals():
@@ -62,23 +64,17 @@ def load_checkpoint_file(filename, map_location=None):
 
 
 def load_from_local(filename, map_location=None):
-    return load_checkpoint_file(filename, map_location)
-
-
-def load_from_http(filename, map_location=None, model_dir=None, progress=True):
-    """Network checkpoints: verified, cached download (``mmdccnext.apis.download``), then
-    plain tensors and containers only (``weights_only=True``)."""
-    # imported when used: mmdccnext.utils loads first (before the mmcv check), apis later
-    from mmdccnext.apis.download import load_checkpoint_from_url
-    return load_checkpoint_from_url(
-        filename, map_location=map_location, cache_dir=model_dir, progress=progress)
+    """MMEngine's own local-file loader, with mmengine's classes allow-listed."""
+    with torch.serialization.safe_globals(mmengine_safe_globals()):
+        return _mmengine_load_from_local(filename, map_location)
 
 
 def register_checkpoint_loaders():
-    """Route mmengine's local and http(s) checkpoint loading through the loaders above.
-
-    Idempotent; called when ``mmdccnext`` is imported (e.g. by ``custom_imports``).
-    """
+    """On torch >= 2.6, route MMEngine's local checkpoint loading through
+    :func:`load_from_local`; on older torch (``weights_only=False`` by default) nothing is
+    changed. Idempotent; called when ``mmdccnext`` is imported (e.g. by ``custom_imports``).
+    Returns whether the loader was replaced."""
+    if digit_version(torch.__version__) < digit_version('2.6.0'):
+        return False
     CheckpointLoader.register_scheme(prefixes='', force=True)(load_from_local)
-    CheckpointLoader.register_scheme(
-        prefixes=('http://', 'https://'), force=True)(load_from_http)
+    return True

@@ -1,4 +1,8 @@
-"""Import-time check that the installed mmcv is one mmdccnext (and mmdet/mmseg) can use."""
+"""Checks that the installed mmcv is one mmdccnext (and mmdet/mmseg) can use.
+
+``import mmdccnext`` checks the version only: the backbone needs just ``mmcv.cnn``. The
+compiled ops (``mmcv._ext``) are checked where they are needed, by the detection and
+segmentation entries (``mmdccnext.apis.init_model``, ``tools/train.py``, ``tools/test.py``)."""
 import importlib
 import importlib.util
 
@@ -13,12 +17,15 @@ _HOW_TO_INSTALL = (
     'See README, section "Install".')
 
 
-def check_mmcv(version=None, has_ops=None):
-    """Raise one readable ImportError when mmcv is missing, out of range or lacks ops.
+def check_mmcv(version=None, has_ops=None, require_ops=True):
+    """Raise one readable ImportError when mmcv is missing, out of range or (with
+    ``require_ops``) lacks its compiled ops.
 
     Args:
         version (str, optional): mmcv version to check; default: the installed one.
         has_ops (bool, optional): whether ``mmcv._ext`` exists; default: look it up.
+        require_ops (bool): also require the compiled ops (MMDetection's and
+            MMSegmentation's models need them; the backbone does not).
     """
     if version is None:
         try:
@@ -32,6 +39,8 @@ def check_mmcv(version=None, has_ops=None):
         raise ImportError(
             f'mmdccnext needs mmcv>={MMCV_MIN},<{MMCV_MAX} (full, with ops); found mmcv '
             f'{version}. {_HOW_TO_INSTALL}')
+    if not require_ops:
+        return
     if has_ops is None:
         has_ops = importlib.util.find_spec('mmcv._ext') is not None
     if not has_ops:

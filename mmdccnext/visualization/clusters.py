@@ -27,8 +27,8 @@ from mmengine.registry import DefaultScope
 from mmengine.visualization import Visualizer
 
 from .files import save_png
-from .model import (block_stage, find_backbone, load_model, paper_block_number, resolve_blocks,
-                    test_pipeline_cfg)
+from .model import (block_stage, find_backbone, model_for_pictures, paper_block_number,
+                    resolve_blocks, test_pipeline_cfg)
 from .patches import PatchGrid
 
 CENTER_COLOR = (255, 0, 0)  # red, as in the paper
@@ -430,7 +430,8 @@ def visualize_clusters_from_config(config, image, out, checkpoint=None, blocks=N
     image = load_image(image)  # before the model: a wrong path fails at once
     if centers is not None:
         centers = check_centers(centers, image.shape)
-    model, cfg = load_model(config, checkpoint, cfg_options, seed=seed, device=device)
+    model = model_for_pictures(config, checkpoint, cfg_options, seed=seed, device=device)
+    cfg = model.cfg
     result = visualize_clusters(model, image, build_test_transforms(cfg), blocks, centers,
                                 num_centers, panel_size)
     save_png(result.canvas, out)

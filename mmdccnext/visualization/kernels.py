@@ -11,7 +11,8 @@ from collections import OrderedDict
 import numpy as np
 
 from .files import write_file_atomic
-from .model import dcconv_blocks, find_backbone, load_model, paper_block_number, resolve_blocks
+from .model import (dcconv_blocks, find_backbone, model_for_pictures, paper_block_number,
+                    resolve_blocks)
 
 
 def kernel_profiles(backbone):
@@ -84,7 +85,7 @@ def plot_kernel_profiles_from_config(config, out, checkpoint=None, blocks=None,
     """:func:`plot_kernel_profiles` of the backbone of ``config`` (and ``checkpoint``)."""
     if not str(out).lower().endswith('.png'):
         raise ValueError(f'out: expected a .png path, got {out!r}')
-    model, _ = load_model(config, checkpoint, cfg_options, seed=seed)
+    model = model_for_pictures(config, checkpoint, cfg_options, seed=seed)
     _, backbone = find_backbone(model)
     title = osp.basename(checkpoint) if checkpoint else 'random initialisation (no checkpoint)'
     return plot_kernel_profiles(backbone, out, blocks, title=title)

@@ -5,66 +5,26 @@ parameter names ``backbone.stages.2.3.mixer.weight``). The paper numbers blocks 
 the whole network ("the 7th block" of B2 is ``stages.2.0``); :func:`paper_block_number` gives
 that number for the picture titles.
 """
-import copy
-import logging
-import os.path as osp
 from collections import OrderedDict
 
-import torch
-from mmengine.config import Config
 from mmengine.logging import MMLogger
 from mmengine.model import is_model_wrapper
 from mmengine.runner.checkpoint import CheckpointLoader, load_state_dict
 
+from mmdccnext.apis.inference import init_model
 from mmdccnext.models.backbones import DCCNeXt
 
 
-def load_model(config, checkpoint=None, cfg_options=None, seed=0, device='cpu'):
-    """Build ``config``'s model (classifier, detector or segmentor) in eval mode.
-
-    Args:
-        config (str | Config): config file or object.
-        checkpoint (str, optional): weights of the whole model (``backbone.*`` keys, e.g. a
-            classifier checkpoint for a detection config) or of the backbone alone; local
-            path, ``zoo://`` name or URL. ``None``: the backbone's own random initialisation
-            (its ``init_weights``, ``Pretrained`` entries left out), seeded with ``seed``;
-            the rest of the model is not used here and keeps PyTorch's default init.
-        cfg_options (dict, optional): overrides merged into the config.
-
-    Returns:
-        tuple: ``(model, cfg)``.
+def model_for_pictures(config, checkpoint=None, cfg_options=None, seed=0, device='cpu'):
+    """``config``'s model in eval mode (built by :func:`mmdccnext.apis.init_model`), with
+    ``checkpoint`` loaded into its backbone (:func:`load_backbone_weights`: a whole model's
+    ``backbone.*`` keys, e.g. a classifier checkpoint for a detection config, or a backbone
+    alone). Without a checkpoint: the config's random initialisation, seeded with ``seed``.
     """
-    from mmdccnext.analysis import build_model_from_cfg
-
-    if isinstance(config, str):
-        if not osp.isfile(config):
-            raise FileNotFoundError(f'config: no such file {config!r}')
-        cfg = Config.fromfile(config)
-    elif isinstance(config, Config):
-        cfg = copy.deepcopy(config)  # the overrides below must not reach the caller's
-    else:
-        raise TypeError(f'config must be a path or a Config, got {type(config).__name__}')
-    if cfg_options:
-        cfg.merge_from_dict(cfg_options)
-    # as MMEngine's Runner: a top-level data_preprocessor (mmpretrain configs) is the model's
-    if cfg.get('data_preprocessor') is not None:
-        cfg.model.setdefault('data_preprocessor', cfg.data_preprocessor)
-    torch.manual_seed(seed)
-    model = build_model_from_cfg(cfg)
-    if checkpoint is None:
-        # only the backbone is run here, so only it needs the initialisation of training
-        # (the init of the whole model also logs and checks every parameter: seconds)
-        logger = MMLogger.get_current_instance()
-        level = logger.level
-        logger.setLevel(logging.WARNING)  # init_weights logs every parameter at INFO
-        try:
-            find_backbone(model)[1].init_weights()
-        finally:
-            logger.setLevel(level)
-    else:
+    model = init_model(config, None, device, cfg_options, seed=seed)
+    if checkpoint is not None:
         load_backbone_weights(model, checkpoint)
-    model.to(device).eval()
-    return model, cfg
+    return model
 
 
 def find_backbone(model):

@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from mmdccnext.deployment import (backbone_module, classifier_module, export_backbone, load_model,
-                                  ort_session, preprocess, read_metadata, run_session)
+from mmdccnext.apis import init_model
+from mmdccnext.deployment import (backbone_module, classifier_module, export_backbone, ort_session,
+                                  preprocess, read_metadata, run_session)
 from mmdccnext.ops import DCConv
 
 ort = pytest.importorskip('onnxruntime', reason='onnxruntime is not installed')
@@ -38,7 +39,8 @@ def b0_dynamic(tmp_path_factory):
     """DCCNeXt-B0 (random weights, layer scale raised so that every block matters),
     its multi-scale backbone exported once with dynamic batch / height / width."""
     torch.manual_seed(0)
-    cfg, model = load_model(B0)
+    model = init_model(B0)
+    cfg = model.cfg
     with torch.no_grad():
         for name, param in model.named_parameters():
             if name.endswith(('gamma1', 'gamma2')):
@@ -137,7 +139,8 @@ def _tiny_config(tmp_path):
 def test_cli_exports_classifier_and_backbone_with_checkpoint(tmp_path, capsys):
     config = _tiny_config(tmp_path)
     torch.manual_seed(1)
-    cfg, model = load_model(config)
+    model = init_model(config)
+    cfg = model.cfg
     with torch.no_grad():
         for param in model.parameters():  # weights the checkpoint must carry
             param.add_(torch.randn_like(param) * 0.1)

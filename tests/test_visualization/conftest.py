@@ -4,7 +4,7 @@ import pytest
 from mmengine.config import Config
 from vis_helpers import REPO, photo
 
-from mmdccnext.visualization import build_test_transforms, load_model
+from mmdccnext.visualization import build_test_transforms, model_for_pictures
 
 CLS_CONFIG = osp.join(REPO, 'configs/classification/dccnext-b0_synthetic.py')
 
@@ -23,5 +23,6 @@ def cls_cfg():
 @pytest.fixture(scope='session')
 def cls_model(cls_cfg):
     """The synthetic-data B0 classifier, randomly initialised, and its test transforms."""
-    model, cfg = load_model(cls_cfg)
+    model = model_for_pictures(cls_cfg)
+    cfg = model.cfg
     return model, build_test_transforms(cfg)

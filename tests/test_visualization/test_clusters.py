@@ -9,8 +9,8 @@ import torch
 from vis_helpers import REPO, check_panels, nearest_patch, read_png
 
 from mmdccnext.ops import cluster
-from mmdccnext.visualization import (build_test_transforms, find_backbone, load_model, save_png,
-                                     visualize_clusters)
+from mmdccnext.visualization import (build_test_transforms, find_backbone, model_for_pictures,
+                                     save_png, visualize_clusters)
 
 CONFIGS = dict(
     det='configs/detection/retinanet_dccnext-b0_fpn_synthetic.py',
@@ -63,7 +63,8 @@ def test_detection_and_segmentation_configs(task, image):
     options = None
     if task == 'det':  # content 228x180 padded to 256x192: some patches lie in the padding
         options = {'test_dataloader.dataset.pipeline.1.scale': (228, 180)}
-    model, cfg = load_model(osp.join(REPO, CONFIGS[task]), cfg_options=options)
+    model = model_for_pictures(osp.join(REPO, CONFIGS[task]), cfg_options=options)
+    cfg = model.cfg
     _, backbone = find_backbone(model)
     result = visualize_clusters(model, image, build_test_transforms(cfg),
                                 ['stages.2.0', 'stages.3.1'], [(100, 50)])

@@ -12,7 +12,7 @@ from vis_helpers import REPO, read_png
 
 from mmdccnext.datasets import generate
 from mmdccnext.engine import ClusterVisualizationHook
-from mmdccnext.visualization import load_model, visualize_clusters
+from mmdccnext.visualization import model_for_pictures, visualize_clusters
 
 sys.path.insert(0, osp.join(REPO, 'tests', 'test_integration'))
 from synthetic_helpers import TINY, tiny_config  # noqa: E402
@@ -92,7 +92,7 @@ def test_hook_writes_pictures_during_training(tmp_path):
 
     # the Runner's own checkpoint (optimizer, message hub and all) gives the same picture
     runner.save_checkpoint(str(tmp_path), 'iter_3.pth')
-    loaded, _ = load_model(runner.cfg, str(tmp_path / 'iter_3.pth'))
+    loaded = model_for_pictures(runner.cfg, str(tmp_path / 'iter_3.pth'))
     again = visualize_clusters(loaded, image, dataset.pipeline.transforms, BLOCKS,
                                hook.centers, panel_size=128)
     assert np.array_equal(again.canvas, result.canvas)

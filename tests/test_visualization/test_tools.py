@@ -13,7 +13,7 @@ from vis_helpers import REPO, check_panels, read_png
 
 from mmdccnext.models import DCCNeXt
 from mmdccnext.visualization import (build_test_transforms, dcconv_blocks, find_backbone,
-                                     kernel_profiles, load_model, plot_kernel_profiles,
+                                     kernel_profiles, model_for_pictures, plot_kernel_profiles,
                                      profile_matrix, visualize_clusters)
 
 CLS_CONFIG = osp.join(REPO, 'configs/classification/dccnext-b0_synthetic.py')
@@ -32,7 +32,7 @@ def _tool(name):
 def decaying_checkpoint(tmp_path_factory, cls_cfg):
     """A classifier checkpoint whose DCConv taps decay: |W[k, c]| = (K - k) * (1 + i / 10)
     for the i-th DCConv block, with random signs."""
-    model, _ = load_model(cls_cfg, seed=1)
+    model = model_for_pictures(cls_cfg, seed=1)
     _, backbone = find_backbone(model)
     generator = torch.Generator().manual_seed(0)
     for i, block in enumerate(dcconv_blocks(backbone).values()):
@@ -91,23 +91,23 @@ def test_backbone_checkpoint_into_a_detector_and_bad_checkpoints(decaying_checkp
     checkpoint, model = decaying_checkpoint
     expected = kernel_profiles(find_backbone(model)[1])
     # a classifier checkpoint (backbone.* keys) in a detection config
-    detector, _ = load_model(DET_CONFIG, checkpoint)
+    detector = model_for_pictures(DET_CONFIG, checkpoint)
     loaded = kernel_profiles(find_backbone(detector)[1])
     for name in expected:
         np.testing.assert_allclose(loaded[name], expected[name], rtol=1e-6)
     # a backbone-only state dict
     bare = tmp_path / 'backbone.pth'
     torch.save(find_backbone(model)[1].state_dict(), bare)
-    classifier, _ = load_model(cls_cfg, str(bare))
+    classifier = model_for_pictures(cls_cfg, str(bare))
     np.testing.assert_allclose(kernel_profiles(find_backbone(classifier)[1])['stages.3.0'],
                                expected['stages.3.0'], rtol=1e-6)
     # weights of something else
     other = tmp_path / 'other.pth'
     torch.save({'state_dict': OrderedDict(fc=torch.zeros(2))}, other)
     with pytest.raises(ValueError, match='has no weights of the DCCNeXt backbone'):
-        load_model(cls_cfg, str(other))
+        model_for_pictures(cls_cfg, str(other))
     with pytest.raises(FileNotFoundError, match='config: no such file'):
-        load_model(str(tmp_path / 'missing.py'))
+        model_for_pictures(str(tmp_path / 'missing.py'))
 
 
 def test_visualize_clusters_cli(decaying_checkpoint, image, tmp_path, capsys):

@@ -20,6 +20,7 @@ import torch
 
 from mmdccnext.analysis.inference_benchmark import (ENGINES, MODEL_NAMES, SETTINGS, build_backbone,
                                                     make_input, run_benchmark, time_breakdown)
+from mmdccnext.utils.fileio import write_file_atomic
 
 
 def parse_args(argv=None):
@@ -65,11 +66,8 @@ def main(argv=None):
         args.models, args.settings, args.engines, args.threads, args.repeat,
         args.min_seconds, memory=not args.no_memory, work_dir=args.work_dir,
         log=lambda table: print(table + '\n', flush=True))
-    if args.json:  # atomically: a temporary file beside it, then rename
-        tmp = f'{args.json}.tmp{os.getpid()}'
-        with open(tmp, 'w') as f:
-            json.dump(results, f, indent=1)
-        os.replace(tmp, args.json)
+    if args.json:
+        write_file_atomic(args.json, json.dumps(results, indent=1))
 
 
 if __name__ == '__main__':

@@ -21,7 +21,6 @@ disk until the new one is complete and named there. The checkpoint's own
 resuming from it removes them in ``before_train``. Other storage backends and runners
 (``FlexibleRunner``'s sharded checkpoints) keep the parent's behaviour.
 """
-import os
 import os.path as osp
 
 from mmengine.dist import is_main_process
@@ -30,24 +29,13 @@ from mmengine.hooks import CheckpointHook
 from mmengine.runner import Runner
 
 from mmdccnext.registry import HOOKS
+from mmdccnext.utils.fileio import commit_file, temporary_path, write_file_atomic
 
 
 def _tmp_name(path):
-    head, tail = osp.split(path)
-    return osp.join(head, f'.{tail}.tmp')
-
-
-def _replace_durably(tmp, dst):
-    """fsync the written and closed ``tmp``, rename it onto ``dst``, fsync the directory."""
-    with open(tmp, 'rb') as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, dst)
-    if os.name == 'posix':  # make the rename itself durable
-        fd = os.open(osp.dirname(osp.abspath(dst)), os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+    # deterministic (not unique): a save repeated after a kill and --resume replaces the
+    # leftover of the killed one instead of adding another
+    return temporary_path(path, unique=False)
 
 
 @HOOKS.register_module()
@@ -70,9 +58,10 @@ class AtomicCheckpointHook(CheckpointHook):
         self.last_ckpt = self.file_backend.join_path(self.out_dir, ckpt_filename)
         runner.message_hub.update_info('last_ckpt', self.last_ckpt)
 
+        tmp = _tmp_name(self.last_ckpt)
         runner.save_checkpoint(  # master_only: writes on the main process
             self.out_dir,
-            _tmp_name(ckpt_filename),
+            osp.basename(tmp),
             self.file_client_args,
             save_optimizer=self.save_optimizer,
             save_param_scheduler=self.save_param_scheduler,
@@ -81,11 +70,8 @@ class AtomicCheckpointHook(CheckpointHook):
             backend_args=self.backend_args,
             **self.args)
         if is_main_process():
-            _replace_durably(_tmp_name(self.last_ckpt), self.last_ckpt)
-            save_file = osp.join(runner.work_dir, 'last_checkpoint')
-            with open(_tmp_name(save_file), 'w') as f:
-                f.write(self.last_ckpt)
-            _replace_durably(_tmp_name(save_file), save_file)
+            commit_file(tmp, self.last_ckpt)
+            write_file_atomic(osp.join(runner.work_dir, 'last_checkpoint'), self.last_ckpt)
 
         if new_id:
             full = len(self.keep_ckpt_ids) == self.max_keep_ckpts
