@@ -16,11 +16,12 @@ ENV_IMPL = 'MMDCCNEXT_DCCONV_IMPL'
 #: its first kernel call (see ``mmdccnext/ops/csrc/cpu/isa.cpp``).
 ENV_ISA = 'MMDCCNEXT_CPU_ISA'
 #: ISAs of the C++ kernels that ``impl='auto'`` runs: all of them. Measured on an AMD EPYC
-#: (AVX2 + FMA; the generic kernels forced), 1 thread, N = 4000, C = 320, K = 12: the
-#: generic (baseline SSE2) kernels ran ``dcconv`` about 3x faster than the PyTorch path,
-#: forward and forward + backward, the AVX2 ones about 5-6x (``tools/analysis/
-#: benchmark_dcconv.py --isa all-supported``), so no ISA needs the PyTorch path instead.
-#: This tuple is where an ISA measured slower than the PyTorch path would be left out.
+#: (AVX2 + FMA, no AVX-512; the generic kernels forced), 1 thread, B = 1, C = 320, K = 12,
+#: ``tools/analysis/benchmark_dcconv.py --threads 1 --isa all-supported``: the generic
+#: (baseline SSE2) kernels ran ``dcconv`` 3.7x (forward) / 4.9x (forward + backward) faster
+#: than the PyTorch path at N = 4000, 2.9x / 3.4x at N = 16000 (AVX2: 6.5x / 8.6x at 4000),
+#: so no ISA needs the PyTorch path instead. This tuple is where an ISA measured slower than
+#: the PyTorch path would be left out (tests/test_ops/test_cpu_isa.py holds the rule).
 AUTO_CPU_ISAS = ('avx512', 'avx2', 'generic')
 
 _EXT_MODULE = 'mmdccnext._ext'

@@ -12,11 +12,13 @@
 // PANEL_VECS accumulators, PANEL_VECS column loads, one row value broadcast; the expansion
 // screen, which regular images use, needs nothing else):
 //   avx512: 4 x 2 zmm of 16 floats = 8 + 2 + 1 of the 32 registers (the original blocking).
-//   avx2:   4 x 3 ymm of 8 floats = 12 + 3 + 1 = all 16 ymm registers. 4 x 2 leaves the
-//           per-panel work (compare, mask, band checks) shared by only 16 columns; 4 x 3 was
-//           ~10% faster on an AMD EPYC (N = 4000, D = 40, K = 12), 3 x 4 and 5 x 2 in between.
-//   generic (SSE2): 4 x 3 xmm of 4 floats, the same count in the 16 xmm registers (~8%
-//           faster than 4 x 2 there).
+//   avx2:   4 x 3 ymm of 8 floats = 12 + 3 + 1 = all 16 ymm registers. With 4 x 2 the
+//           per-panel work (compare, mask, band checks) is shared by only 16 columns; in a
+//           one-thread kernel benchmark on a (loaded) AMD EPYC, N = 4000, D = 40, K = 12,
+//           4 x 3 with the movemask ran ~10% faster than the old 4 x 2 with shuffles (29 vs
+//           33 ms); 3 x 4 and 5 x 2 were within noise of it, 6 x 2 no better than 4 x 2.
+//   generic (SSE2): 4 x 3 xmm of 4 floats, the same count in the 16 xmm registers (a few
+//           % faster than 4 x 2 there, within the noise of that machine).
 // (The direct screen, for images with non-finite values or D < 8, needs one more register
 // for the differences and spills one; it is the rare path.)
 // The target strings must stay in step with the CPU features cpu/isa.cpp checks.
