@@ -8,7 +8,7 @@ _base_ = [
 ]
 custom_imports = dict(imports=['mmdccnext'], allow_failed_imports=False)
 
-# ImageNet-1K weights of the backbone, by model-zoo name (see README "Model zoo").
+# ImageNet-1K weights of the backbone, by model-zoo name (docs/en/model_zoo.md).
 pretrained = 'zoo://dccnext-b2_8xb128_in1k'
 model = dict(
     backbone=dict(

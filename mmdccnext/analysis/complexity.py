@@ -13,7 +13,7 @@ image with N patches, C channels, cluster size K and sub-vector interval d
     the squared difference accumulated) + aggregation ``N * min(K, N) * C``.
 ``'paper'``
     clustering ``2 * N * N * D`` + aggregation ``N * min(K, N) * C``; this is how the
-    paper's Table 6 appears to count the distances (see README, "Counting FLOPs").
+    paper's Table 6 appears to count the distances (docs/en/configs.md, "Counting FLOPs").
 """
 from collections import Counter
 from contextlib import contextmanager

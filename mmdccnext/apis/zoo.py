@@ -150,3 +150,62 @@ def register_download_loaders():
     new scheme ``zoo://<name>``. Idempotent; called when ``mmdccnext`` is imported."""
     register_http_loader()
     register_zoo_loader()
+
+
+# ------------------------------------------------------------------------------------
+# The model-zoo table of docs/en/model_zoo.md, generated from the metafiles
+# ------------------------------------------------------------------------------------
+#: Input size of the metafiles' FLOPs per task folder (stated in each metafile's header).
+FLOPS_INPUT = {'classification': '224²', 'detection': '1280×800', 'segmentation': '512²'}
+_METRIC_NAMES = {'Top 1 Accuracy': 'top-1', 'box AP': 'box AP', 'mask AP': 'mask AP',
+                 'mIoU': 'mIoU'}
+
+
+def _count(value, suffix):
+    return f'{value / 1e9:.2f} G' if suffix == 'G' else f'{value / 1e6:.2f} M'
+
+
+def _schedule(meta):
+    data = meta.get('Training Data', '?')
+    if 'Epochs' in meta:
+        length = f'{meta["Epochs"]} ep'
+    elif 'Iterations' in meta:
+        length = f'{meta["Iterations"] // 1000}k it'
+    else:
+        length = '?'
+    techniques = meta.get('Training Techniques') or []
+    amp = ', AMP' if 'Mixed Precision Training' in techniques else ''
+    return f'{data}, {length}{amp}'
+
+
+def _results(entry):
+    parts = []
+    for result in entry.get('Results') or []:
+        for metric, value in (result.get('Metrics') or {}).items():
+            if metric in _METRIC_NAMES:
+                parts.append(f'{_METRIC_NAMES[metric]} {value}')
+    return ', '.join(parts) or '—'
+
+
+def model_zoo_markdown(index_file=None, link_prefix='../../'):
+    """The Markdown table of every model-zoo entry, in index order.
+
+    ``link_prefix`` leads from the page the table is written into to the repository root
+    (``docs/en/`` by default), so the config links resolve on GitHub.
+    """
+    rows = ['| name (config) | data, schedule | params | FLOPs | result (paper) | weights |',
+            '|---|---|---|---|---|---|']
+    for name, entry in load_model_index(index_file).items():
+        meta = entry.get('Metadata') or {}
+        config = entry.get('Config', '')
+        task = config.split('/')[1] if config.count('/') >= 2 else ''
+        label = f'[`{name}`]({link_prefix}{config})' if config else f'`{name}`'
+        if entry.get('Alias Of'):
+            label += f' (alias of `{entry["Alias Of"]}`)'
+        flops = (f'{_count(meta["FLOPs"], "G")} @ {FLOPS_INPUT.get(task, "?")}'
+                 if 'FLOPs' in meta else '?')
+        params = _count(meta['Parameters'], 'M') if 'Parameters' in meta else '?'
+        weights = f'[download]({entry["Weights"]})' if entry.get('Weights') else 'none'
+        rows.append(f'| {label} | {_schedule(meta)} | {params} | {flops} | {_results(entry)} '
+                    f'| {weights} |')
+    return '\n'.join(rows) + '\n'

@@ -10,7 +10,7 @@ from mmdccnext.ops import DCConv
 ARCHS = DCCNeXt.arch_settings
 # Table 1 of the paper (parameters of the ImageNet classifier).
 PAPER_PARAMS_M = dict(b0=5.5, b1=11.4, b2=26.7, b3=56.8, b4=86.7)
-HEAD_MID = dict(b0=1280)  # B0's head is 5 x C wide, B1-B4 4 x C (README notes)
+HEAD_MID = dict(b0=1280)  # B0's head is 5 x C wide, B1-B4 4 x C (docs/en/architecture.md)
 
 
 def _input(size=64, batch=2):

@@ -16,7 +16,7 @@ class DCCNeXtClsHead(ClsHead):
     ``gap_before_final_norm=True``) -> Linear(C, hC) -> GELU -> LayerNorm -> dropout
     -> Linear(hC, num_classes). The paper does not describe the head; this form with
     h = 4 reproduces the parameter counts of Table 1 for B1-B4, and a hidden width of
-    1280 (h = 5) the 5.5 M of B0 (see the architecture notes in README).
+    1280 (h = 5) the 5.5 M of B0 (docs/en/architecture.md).
 
     Args:
         num_classes (int): Number of classes.
