@@ -1,7 +1,7 @@
 # The `make demo` detector: retinanet_dccnext-b0_fpn_1x_coco.py on the synthetic COCO set
-# (tools/misc/generate_synthetic_data.py). Only data roots, image scale, schedule length and
-# class names change; the model, pipeline and COCO evaluator are the real config's.
-# Trained from scratch (no ImageNet weights exist yet), on the CPU in minutes.
+# (tools/misc/generate_synthetic_data.py). Data roots, image scale, schedule length and class
+# names change, and the head: trained from scratch (no ImageNet weights exist yet) on a CPU in
+# minutes. Backbone, neck, pipeline and COCO evaluator are the real config's.
 _base_ = ['./retinanet_dccnext-b0_fpn_1x_coco.py']
 
 data_root = 'data/synthetic/coco/'
@@ -9,7 +9,18 @@ metainfo = dict(classes=('circle', 'cross', 'ring', 'square', 'star', 'triangle'
 img_scale = (160, 128)
 max_epochs = 8
 
-model = dict(backbone=dict(init_cfg=None), bbox_head=dict(num_classes=6))
+# The head from scratch: GroupNorm in its conv towers, as detectors trained from scratch use
+# (He et al., "Rethinking ImageNet Pre-training"). Without it, AdamW at lr 1e-3 after a short
+# warm-up made the focal loss spike within 12 iterations (the 10-iteration mean of the total
+# loss from 1.8 to 5-11) for 3 seeds of 3 on the 16-image test set; with it the loss halved for
+# all three. 128 instead of 256 channels: the head's four 3x3 convs per branch are most of the
+# compute at this image size, a quarter of it with 128.
+model = dict(
+    backbone=dict(init_cfg=None),
+    bbox_head=dict(
+        num_classes=6,
+        feat_channels=128,
+        norm_cfg=dict(type='GN', num_groups=32, requires_grad=True)))
 
 train_pipeline = [
     dict(type='LoadImageFromFile'),
