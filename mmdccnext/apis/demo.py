@@ -2,8 +2,8 @@
 
 Steps: generate the synthetic COCO set if absent → train with ``tools/train.py`` (the
 project's entry, MMEngine's Runner) → evaluate the final checkpoint with the real COCO
-evaluator (pycocotools) through ``tools/test.py`` → draw the predictions on one val image
-→ print a summary.
+evaluator (pycocotools) through ``tools/test.py`` → draw ground truth beside predictions for
+a few val images → print a summary.
 """
 import argparse
 import glob
@@ -17,6 +17,7 @@ from .runner import test_from_args
 
 DEMO_CONFIG = 'configs/detection/retinanet_dccnext-b0_fpn_synthetic.py'
 DATA_ROOT = 'data/synthetic/coco'
+PICTURE_IMAGES = 4  # val images in the demo picture
 
 
 def _run(cmd, repo):
@@ -24,27 +25,65 @@ def _run(cmd, repo):
     subprocess.run(cmd, cwd=repo, check=True)
 
 
-def draw_predictions(config, checkpoint, image, out_file, score_thr=0.3):
-    from mmdet.apis import inference_detector, init_detector
-    from mmdet.registry import VISUALIZERS
-    from mmengine.config import Config
+def draw_predictions(config, checkpoint, images, ann_file, out_file, scale=3, score_thr=0.3):
+    """One picture of several images: ground truth (left) beside the predictions (right).
 
-    import mmdccnext  # noqa: F401
-    cfg = Config.fromfile(config)
-    model = init_detector(cfg, checkpoint, device='cpu')
-    result = inference_detector(model, image)
+    Each image is scaled up ``scale`` times (nearest neighbour, boxes scaled alike) so that the
+    labels stay readable on the small synthetic images; the images are stacked as rows of one
+    PNG, written atomically to ``out_file``. Returns the number of predicted boxes with score
+    ``>= score_thr`` in each image.
+    """
+    import json
+
+    import cv2
+    import mmcv
+    import numpy as np
+    import torch
+    from mmdet.apis import inference_detector
+    from mmdet.registry import VISUALIZERS
+    from mmengine.structures import InstanceData
+
+    from mmdccnext.utils.fileio import write_file_atomic
+    from .inference import init_model
+    model = init_model(config, checkpoint, device='cpu')
+    classes = model.dataset_meta['classes']
+    with open(ann_file) as f:
+        coco = json.load(f)
+    label_of = {c['id']: classes.index(c['name']) for c in coco['categories']}
+    image_id = {im['file_name']: im['id'] for im in coco['images']}
     visualizer = VISUALIZERS.build(dict(type='DetLocalVisualizer', name=f'demo-{time.time()}'))
     visualizer.dataset_meta = model.dataset_meta
-    import mmcv
-    img = mmcv.imread(image, channel_order='rgb')
-    visualizer.add_datasample('prediction', img, result, draw_gt=False, show=False,
-                              pred_score_thr=score_thr, out_file=out_file)
-    return int((result.pred_instances.scores >= score_thr).sum())
+    rows, counts = [], []
+    for image in images:
+        result = inference_detector(model, image)
+        anns = [a for a in coco['annotations'] if a['image_id'] == image_id[osp.basename(image)]]
+        boxes = torch.tensor([[x, y, x + w, y + h] for x, y, w, h in (a['bbox'] for a in anns)],
+                             dtype=torch.float32).reshape(-1, 4)
+        result.gt_instances = InstanceData(
+            bboxes=boxes * scale, labels=torch.tensor([label_of[a['category_id']] for a in anns]))
+        result.pred_instances.bboxes = result.pred_instances.bboxes * scale
+        img = mmcv.imrescale(mmcv.imread(image, channel_order='rgb'), scale,
+                             interpolation='nearest')
+        visualizer.add_datasample(osp.basename(image), img, result, draw_gt=True,
+                                  draw_pred=True, show=False, pred_score_thr=score_thr)
+        rows.append(visualizer.get_image())
+        counts.append(int((result.pred_instances.scores >= score_thr).sum()))
+    gap = np.full((4 * scale, rows[0].shape[1], 3), 255, np.uint8)
+    picture = np.concatenate([part for row in rows for part in (row, gap)][:-1])
+    ok, png = cv2.imencode('.png', picture[..., ::-1])  # RGB -> BGR for OpenCV
+    if not ok:
+        raise RuntimeError(f'could not encode the demo picture {out_file} as PNG')
+    write_file_atomic(out_file, png.tobytes())
+    return counts
 
 
 def main(repo, work_dir='work_dirs/demo', extra_train_args=()):
+    """Run the demo in ``repo``, the working directory (the configs' data roots are relative
+    to the repository: ``tools/misc/demo.py`` changes into it)."""
+    if osp.realpath(os.getcwd()) != osp.realpath(repo):
+        raise RuntimeError(f'the demo runs in the repository {repo}: the data roots of its '
+                           f'config are relative to it (working directory: {os.getcwd()})')
     python = sys.executable
-    os.chdir(repo)  # the configs' data roots are relative to the repository
     start = time.time()
     _run([python, 'tools/misc/generate_synthetic_data.py', '--task', 'coco', '--out',
           osp.dirname(DATA_ROOT)], repo)
@@ -59,9 +98,11 @@ def main(repo, work_dir='work_dirs/demo', extra_train_args=()):
         config=osp.join(repo, DEMO_CONFIG), checkpoint=checkpoint, cfg_options={},
         work_dir=osp.join(repo, work_dir, 'test'), launcher='none', local_rank=0,
         show_dir=None, out=None))
-    image = sorted(glob.glob(osp.join(repo, DATA_ROOT, 'val2017', '*.jpg')))[0]
+    images = sorted(glob.glob(osp.join(repo, DATA_ROOT, 'val2017', '*.jpg')))[:PICTURE_IMAGES]
     picture = osp.join(repo, work_dir, 'demo_prediction.png')
-    n_boxes = draw_predictions(osp.join(repo, DEMO_CONFIG), checkpoint, image, picture)
+    counts = draw_predictions(
+        osp.join(repo, DEMO_CONFIG), checkpoint, images,
+        osp.join(repo, DATA_ROOT, 'annotations', 'instances_val2017.json'), picture)
     logs = sorted(glob.glob(osp.join(repo, work_dir, '*', '*.log')))
     print('\n[demo] ===== summary =====')
     print(f'[demo] trained DCCNeXt-B0 RetinaNet on synthetic COCO in {trained - start:.0f} s '
@@ -70,5 +111,6 @@ def main(repo, work_dir='work_dirs/demo', extra_train_args=()):
           f'AP = {metrics.get("coco/bbox_mAP", float("nan")):.3f} (pycocotools)')
     print(f'[demo] checkpoint: {checkpoint}')
     print(f'[demo] train log:  {logs[0] if logs else "-"}')
-    print(f'[demo] picture:    {picture} ({n_boxes} boxes with score >= 0.3)')
+    print(f'[demo] picture:    {picture} ({len(images)} val images, ground truth left, '
+          f'predictions right; {sum(counts)} boxes with score >= 0.3)')
     return metrics
