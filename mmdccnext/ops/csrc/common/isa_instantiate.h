@@ -58,7 +58,8 @@
 #undef DCCONV_MASK
 #pragma GCC pop_options
 
-// avx512f alone does not enable FMA in GCC (it implies avx2, not fma): ask for it.
+// avx512f already lets GCC emit FMA (it defines __FP_FAST_FMA, not __FMA__); fma is named too
+// so that the pragma states exactly the features cpu/isa.cpp checks.
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx2,fma")
 #define DCCONV_ISA avx512
