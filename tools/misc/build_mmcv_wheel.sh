@@ -46,7 +46,7 @@ if [ "$check" = 0 ]; then
     mkdir -p "$CACHE"
     wheel=$(ls "$CACHE"/mmcv-"$MMCV_VERSION"-*.whl 2>/dev/null | head -n1 || true)
     if [ -n "$wheel" ]; then echo "$wheel"; exit 0; fi
-    echo "building mmcv $MMCV_VERSION for torch $TORCH_VERSION (11-15 min on 2 cores) ..." >&2
+    echo "building mmcv $MMCV_VERSION for torch $TORCH_VERSION (about 16 min on 2 cores) ..." >&2
 fi
 
 run "pip download of the mmcv $MMCV_VERSION sdist (prepares its metadata)" \
