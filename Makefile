@@ -3,7 +3,7 @@ PY := .venv/bin/python
 PYTEST_ARGS ?=
 DEMO_ARGS ?=
 
-.PHONY: env setup-check demo test lint format clean
+.PHONY: env setup-check demo test test-quick lint format clean
 
 env:
 	@bash tools/misc/setup_env.sh
@@ -26,7 +26,6 @@ test: env lint
 
 # The inner loop while developing: lint, then every test not marked `slow` (setup.cfg: training
 # runs, launchers, packaging, the HTTP server, SIGKILL/resume). `make test` (CI) runs them all.
-.PHONY: test-quick
 test-quick: env lint
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
