@@ -1,4 +1,4 @@
-"""Loading MMEngine's own checkpoints under torch >= 2.6 (mmengine issue 1655).
+"""Loading checkpoints: MMEngine's own under torch >= 2.6, and one clear error for bad files.
 
 torch 2.6 made ``torch.load(weights_only=True)`` the default, and mmengine 0.10.7 calls it
 without arguments, so checkpoints written by mmengine's own runner (which pickle a
@@ -9,16 +9,22 @@ classes allow-listed (plus a ``getattr`` that only resolves ``HistoryBuffer``'s 
 statistics methods, which is how pickle names them); everything else about that loader is
 MMEngine's. What importing mmdccnext changes, and why, in one place:
 docs/en/get_started.md, "What ``import mmdccnext`` changes".
+
+A file that does not load raises :class:`CheckpointError`, naming the file and what is
+wrong with it (empty, truncated, corrupted, not a checkpoint, objects that are not allowed)
+instead of torch's bare ``EOFError``/``KeyError`` or its advice to retry with
+``weights_only=False`` (which would run whatever code the file carries).
 """
 import inspect
 import os.path as osp
 import pickle
+import re
+import zipfile
 
 import numpy as np
 import torch
 from mmengine.logging.history_buffer import HistoryBuffer
 from mmengine.runner.checkpoint import CheckpointLoader
-from mmengine.runner.checkpoint import load_from_local as _mmengine_load_from_local
 from mmengine.utils import digit_version
 
 
@@ -54,19 +60,76 @@ def mmengine_safe_globals():
     ]
 
 
-def load_checkpoint_file(filename, map_location=None):
-    """``torch.load`` a local checkpoint with ``weights_only=True`` and mmengine's classes."""
-    filename = osp.expanduser(filename)
+class CheckpointError(pickle.UnpicklingError):
+    """A checkpoint file does not load; the message names the file and the reason."""
+
+
+def _disallowed(error):
+    """What torch's weights-only unpickler refused, without its advice to load unsafely."""
+    match = re.search(r'WeightsUnpickler error:\s*(.*?)(?:\s*Please use|\n\n|$)', str(error),
+                      re.S)
+    return match.group(1).strip() if match else None
+
+
+def diagnose_checkpoint_file(filename):
+    """Why ``filename`` is not a complete PyTorch checkpoint, or None when its structure is
+    sound (a zip archive whose members all pass their CRC check, or a legacy pickle file).
+    Reads the whole file; loads nothing."""
+    size = osp.getsize(filename)
+    if size == 0:
+        return 'the file is empty (0 bytes)'
+    with open(filename, 'rb') as f:
+        head = f.read(4)
+    if head == b'PK\x03\x04':
+        try:
+            with zipfile.ZipFile(filename) as archive:
+                bad = archive.testzip()
+                names = archive.namelist()
+        except (zipfile.BadZipFile, OSError, EOFError) as error:
+            return (f'truncated or corrupted: a zip archive of {size} bytes whose end is missing '
+                    f'or damaged ({error})')
+        if bad is not None:
+            return f'corrupted: the archive member {bad} fails its CRC check'
+        if not any(n.endswith('/data.pkl') or n == 'data.pkl' for n in names):
+            return 'not a PyTorch checkpoint: a zip archive without data.pkl'
+        return None
+    if head[:1] == b'\x80':  # a pickle: the legacy (pre-1.6) torch.save format
+        return None
+    return (f'not a PyTorch checkpoint: neither a zip archive nor a pickle (the file starts '
+            f'with {head!r})')
+
+
+def torch_load_checked(filename, map_location=None, safe_globals=()):
+    """``torch.load(weights_only=True)`` with ``safe_globals`` allowed; any failure becomes
+    one :class:`CheckpointError` naming the file and what is wrong with it."""
+    filename = osp.expanduser(str(filename))
     if not osp.isfile(filename):
         raise FileNotFoundError(f'{filename} can not be found.')
-    with torch.serialization.safe_globals(mmengine_safe_globals()):
-        return torch.load(filename, map_location=map_location, weights_only=True)
+    try:
+        with torch.serialization.safe_globals(list(safe_globals)):
+            return torch.load(filename, map_location=map_location, weights_only=True)
+    except Exception as error:  # torch raises EOFError, KeyError, RuntimeError, ...
+        reason = diagnose_checkpoint_file(filename)
+        if reason is None:
+            refused = _disallowed(error) if isinstance(error, pickle.UnpicklingError) else None
+            allowed = 'tensors, plain containers' + (
+                ' and the classes mmengine writes' if safe_globals else '')
+            reason = (f'it contains objects that are not allowed ({refused}); only {allowed} '
+                      'are loaded' if refused else f'it does not load ({type(error).__name__}: '
+                      f'{str(error).splitlines()[0] if str(error) else "no message"})')
+        # `from None`: torch's own message advises `weights_only=False`, which would run
+        # whatever code the file carries
+        raise CheckpointError(f'checkpoint {filename}: {reason}') from None
+
+
+def load_checkpoint_file(filename, map_location=None):
+    """Load a local checkpoint (``weights_only=True``, mmengine's classes allowed)."""
+    return torch_load_checked(filename, map_location, mmengine_safe_globals())
 
 
 def load_from_local(filename, map_location=None):
-    """MMEngine's own local-file loader, with mmengine's classes allow-listed."""
-    with torch.serialization.safe_globals(mmengine_safe_globals()):
-        return _mmengine_load_from_local(filename, map_location)
+    """MMEngine's local-file loader scheme: :func:`load_checkpoint_file`."""
+    return load_checkpoint_file(filename, map_location)
 
 
 def register_checkpoint_loaders():

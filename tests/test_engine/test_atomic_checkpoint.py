@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 import torch
 import torch.nn as nn
@@ -202,65 +203,49 @@ def test_every_config_uses_the_hook():
         assert cfg.default_hooks.checkpoint.type == HOOK, path
 
 
-# --- fault test: SIGKILL a real training process, resume it, compare bit for bit ------------
+# --- fault test: SIGKILL a real training process at three moments, resume, compare bitwise --
 
-MAX_ITERS = 6
-
-
-def fault_config(tmp_path):
-    sys.path.insert(0, osp.join(REPO, 'tests', 'test_integration'))
-    from synthetic_helpers import TINY, tiny_config
-
-    from mmdccnext.datasets import generate
-    root = tmp_path / 'synthetic'
-    generate('coco', str(root / 'coco'), seed=0, **TINY['coco'])
-    cfg = tiny_config(
-        'detection/retinanet_dccnext-b0_fpn_synthetic.py', root, tmp_path / 'unused', **{
-            'train_cfg': dict(_delete_=True, type='IterBasedTrainLoop', max_iters=MAX_ITERS),
-            'train_dataloader.batch_size': 2,
-            'train_dataloader.sampler': dict(type='InfiniteSampler', shuffle=False),
-            # stochastic depth draws from torch's global RNG, whose state MMEngine does not
-            # checkpoint (resume re-seeds it): with drop_path_rate > 0 a resumed run draws
-            # other masks than an uninterrupted one
-            'model.backbone.drop_path_rate': 0.0,
-            # an LR that changes every iteration and in steps, to see it restored
-            'param_scheduler': [
-                dict(type='LinearLR', start_factor=0.1, by_epoch=False, begin=0, end=4),
-                dict(type='MultiStepLR', milestones=[5], gamma=0.5, by_epoch=False)],
-            'default_hooks.logger.interval': 1,
-            'default_hooks.checkpoint': dict(interval=2, by_epoch=False, max_keep_ckpts=1),
-            'log_processor': dict(by_epoch=False),
-            'randomness': dict(seed=0, deterministic=True),
-        })
-    pipeline = cfg.train_dataloader.dataset.pipeline
-    cfg.train_dataloader.dataset.pipeline = [t for t in pipeline if t['type'] != 'RandomFlip']
-    for key in ('val', 'test'):
-        cfg[f'{key}_dataloader'] = cfg[f'{key}_cfg'] = cfg[f'{key}_evaluator'] = None
-    assert cfg.default_hooks.checkpoint.type == HOOK
-    path = str(tmp_path / 'retinanet_fault.py')
-    cfg.dump(path)
-    return path
+CONFIG = osp.join(REPO, 'configs', 'classification', 'dccnext-b0_synthetic.py')
+MAX_EPOCHS = 3
 
 
-def train_cmd(config, work_dir, *extra):
-    return [sys.executable, osp.join(REPO, 'tools', 'train.py'), config,
-            '--work-dir', str(work_dir), *extra]
+def train_cmd(data_root, work_dir, *extra, fault=None):
+    """tools/train.py on the shipped synthetic config with its augmentations (random crop,
+    flip), drop-path and 2 data workers; only the schedule length changes (3 epochs, with a
+    checkpoint and a validation each), a best checkpoint is kept, and the run is seeded."""
+    script = osp.join(REPO, 'tests', 'test_engine', 'fault_trigger.py') if fault else \
+        osp.join(REPO, 'tools', 'train.py')
+    return [sys.executable, script, CONFIG, '--work-dir', str(work_dir), *extra,
+            '--cfg-options', *(f'{d}.dataset.data_root={data_root}'
+                               for d in ('train_dataloader', 'val_dataloader', 'test_dataloader')),
+            'randomness.seed=0', f'train_cfg.max_epochs={MAX_EPOCHS}', 'train_cfg.val_interval=1',
+            'default_hooks.checkpoint.interval=1', 'default_hooks.logger.interval=1',
+            # 'less': with this seed, epochs 1 and 2 are each a new best, so the second best
+            # write has a previous best to lose
+            'default_hooks.checkpoint.save_best=accuracy/top1',
+            'default_hooks.checkpoint.rule=less']
 
 
-def run(cmd, log):
+def run(cmd, log, fault=None):
+    """Run to the end (``fault`` None) or until the trigger SIGKILLs it; the log's text."""
     env = dict(os.environ, OMP_NUM_THREADS='1', MKL_NUM_THREADS='1')
+    env.pop('MMDCCNEXT_FAULT', None)
+    if fault:
+        env['MMDCCNEXT_FAULT'] = fault
     with open(log, 'w') as out:
         proc = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=REPO,
-                              timeout=300)
+                              timeout=600)
     with open(log) as f:
         text = f.read()
-    assert proc.returncode == 0, text[-3000:]
+    assert proc.returncode == (-signal.SIGKILL if fault else 0), text[-3000:]
     return text
 
 
 def assert_same(a, b, where):
     if isinstance(a, torch.Tensor):
         assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), where
+    elif isinstance(a, np.ndarray):
+        assert isinstance(b, np.ndarray) and np.array_equal(a, b), where
     elif isinstance(a, dict):
         assert a.keys() == b.keys(), where
         for key in a:
@@ -279,54 +264,67 @@ def hub_history(ckpt, key):
     return values.tolist(), counts.tolist()
 
 
+def checkpoint_files(work_dir):
+    """Every file beside the checkpoints, temporary ones included."""
+    return sorted(p.name for p in work_dir.iterdir() if p.name.endswith(('.pth', '.tmp')))
+
+
 @pytest.mark.slow
-def test_sigkill_then_resume_equals_uninterrupted_run(tmp_path):
-    config = fault_config(tmp_path)
-    ref_dir, killed_dir = tmp_path / 'uninterrupted', tmp_path / 'killed'
+def test_sigkill_at_three_moments_then_resume_equals_uninterrupted_run(tmp_path):
+    from mmdccnext.datasets import generate
+    data = tmp_path / 'imagenet'
+    generate('imagenet', str(data), seed=0, num_train=48, num_val=12, image_size=(64, 64))
+    ref_dir, work = tmp_path / 'uninterrupted', tmp_path / 'killed'
+    best1, best2 = 'best_accuracy_top1_epoch_1.pth', 'best_accuracy_top1_epoch_2.pth'
 
-    run(train_cmd(config, ref_dir), tmp_path / 'uninterrupted.log')
+    run(train_cmd(data, ref_dir), tmp_path / 'uninterrupted.log')
+    assert checkpoint_files(ref_dir) == [best2, f'epoch_{MAX_EPOCHS}.pth']
 
-    env = dict(os.environ, OMP_NUM_THREADS='1', MKL_NUM_THREADS='1')
-    with open(tmp_path / 'killed.log', 'w') as out:
-        proc = subprocess.Popen(train_cmd(config, killed_dir), stdout=out,
-                                stderr=subprocess.STDOUT, env=env, cwd=REPO)
-        try:
-            deadline = time.monotonic() + 300
-            while not osp.exists(killed_dir / 'last_checkpoint'):
-                assert proc.poll() is None, 'training ended before its first checkpoint'
-                assert time.monotonic() < deadline, 'no checkpoint within 300 s'
-                time.sleep(0.02)
-            os.kill(proc.pid, signal.SIGKILL)
-        finally:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == -signal.SIGKILL
-    first = last_checkpoint(killed_dir)
-    assert first == str(killed_dir / 'iter_2.pth')
-    assert load_checkpoint_file(first)['meta']['iter'] == 2
-    assert not osp.exists(killed_dir / f'iter_{MAX_ITERS}.pth')
+    # 1. mid-iteration: the 3rd iteration (epoch 2 of 2 iterations each), before its step
+    run(train_cmd(data, work, fault=True), tmp_path / 'killed1.log', fault='iteration:3')
+    assert checkpoint_files(work) == [best1, 'epoch_1.pth']
+    assert last_checkpoint(work) == str(work / 'epoch_1.pth')
 
-    log = run(train_cmd(config, killed_dir, '--resume'), tmp_path / 'resumed.log')
-    assert f'Auto resumed from the latest checkpoint {first}' in log
-    assert f'Iter(train) [3/{MAX_ITERS}]' in log
-    assert f'Iter(train) [1/{MAX_ITERS}]' not in log  # continued, not restarted
+    # 2. during the write of the next periodic checkpoint (epoch 2), half of it on disk
+    log = run(train_cmd(data, work, '--resume', fault=True), tmp_path / 'killed2.log',
+              fault='periodic:1')
+    assert f'Auto resumed from the latest checkpoint {work / "epoch_1.pth"}' in log
+    assert checkpoint_files(work) == ['.epoch_2.pth.tmp', best1, 'epoch_1.pth']
+    assert last_checkpoint(work) == str(work / 'epoch_1.pth')
+    assert load_checkpoint_file(str(work / 'epoch_1.pth'))['meta']['epoch'] == 1
 
-    name = f'iter_{MAX_ITERS}.pth'
+    # 3. during the write of the second best checkpoint: the first one stays, complete
+    run(train_cmd(data, work, '--resume', fault=True), tmp_path / 'killed3.log',
+        fault='best:1')
+    assert checkpoint_files(work) == ['.best_accuracy_top1_epoch_2.pth.tmp', best1,
+                                      'epoch_2.pth']
+    assert load_checkpoint_file(str(work / best1))['meta']['epoch'] == 1
+    assert last_checkpoint(work) == str(work / 'epoch_2.pth')
+
+    # resume: the validation of epoch 2 (whose best was cut off) runs again, then epoch 3
+    log = run(train_cmd(data, work, '--resume'), tmp_path / 'resumed.log')
+    assert 'running it again' in log
+    assert f'Epoch(train) [{MAX_EPOCHS}][1/2]' in log
+    assert 'Epoch(train) [2][1/2]' not in log  # continued, not restarted
+    assert checkpoint_files(work) == checkpoint_files(ref_dir)  # no leftovers, no lost best
+
+    name = f'epoch_{MAX_EPOCHS}.pth'
     ref = load_checkpoint_file(str(ref_dir / name))
-    got = load_checkpoint_file(str(killed_dir / name))
-    assert last_checkpoint(killed_dir) == str(killed_dir / name)
-    assert got['meta']['iter'] == ref['meta']['iter'] == MAX_ITERS
-    assert ref['state_dict'].keys() == got['state_dict'].keys()
+    got = load_checkpoint_file(str(work / name))
+    assert last_checkpoint(work) == str(work / name)
+    assert got['meta']['epoch'] == ref['meta']['epoch'] == MAX_EPOCHS
+    assert len(ref['state_dict']) > 100 and ref['state_dict'].keys() == got['state_dict'].keys()
     for key, tensor in ref['state_dict'].items():
         assert torch.equal(tensor, got['state_dict'][key]), f'state_dict.{key}'
     assert_same(ref['optimizer'], got['optimizer'], 'optimizer')
     assert_same(ref['param_schedulers'], got['param_schedulers'], 'param_schedulers')
-    # the logged LR and loss of all iterations, the ones before the kill from the checkpoint
+    assert_same(ref['resume_state'], got['resume_state'], 'resume_state')
+    # the logged LR and loss of every iteration, those before the kills from the checkpoint
     for key in ('train/lr', 'train/loss'):
         values, counts = hub_history(got, key)
-        assert len(values) == MAX_ITERS, key
+        assert len(values) == 2 * MAX_EPOCHS, key
         assert (values, counts) == hub_history(ref, key), key
-    assert got['message_hub']['runtime_info']['keep_ckpt_ids'][-1] == MAX_ITERS
-    assert sorted(p.name for p in killed_dir.glob('*.pth*')) == [name]
-    for path in tmp_path.rglob('*.pth'):  # 140 MB each; pytest keeps the last runs' tmp dirs
+    ref_best, got_best = (load_checkpoint_file(str(d / best2)) for d in (ref_dir, work))
+    assert_same(ref_best['state_dict'], got_best['state_dict'], 'best.state_dict')
+    for path in tmp_path.rglob('*.pth'):  # pytest keeps the last runs' tmp dirs
         path.unlink()
