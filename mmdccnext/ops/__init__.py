@@ -1,16 +1,11 @@
 """DCConv: dynamic clustering (sub-vector KNN) and the convolution over the clusters.
 
-Paths: fused C++ CPU kernels (``mmdccnext._ext``, optional), pure PyTorch (any device) and
-standard ops for ONNX export / tracing (:mod:`mmdccnext.ops.export`). See
-:mod:`mmdccnext.ops.cluster` and :mod:`mmdccnext.ops.dcconv` for the exact contract.
+Public: :class:`DCConv`, :func:`dcconv`, :func:`cluster`, :func:`aggregate` and
+:func:`available_impls`; the contract is in :mod:`mmdccnext.ops.dcconv`. Inside: one
+``torch.library`` seam (:mod:`.library`), one leaf per path (:mod:`.cpu_impl`,
+:mod:`.triton_impl`, :mod:`.pytorch_impl`, :mod:`.export`), the shared checks
+(:mod:`.common`) and the float64 reference (:mod:`.reference`).
 """
-from .cluster import TILE_BYTES, cluster, cluster_bruteforce, cluster_cpu, cluster_pytorch
-from .dcconv import DCConv, aggregate, aggregate_cpu, aggregate_pytorch, dcconv
-from .export import aggregate_export, cluster_export
-from .ext_loader import ENV_IMPL, IMPLS, ext_available, ext_error, is_exporting
+from .dcconv import DCConv, aggregate, available_impls, cluster, dcconv
 
-__all__ = [
-    'DCConv', 'dcconv', 'cluster', 'aggregate', 'cluster_pytorch', 'aggregate_pytorch',
-    'cluster_cpu', 'aggregate_cpu', 'cluster_bruteforce', 'ext_available', 'ext_error', 'IMPLS',
-    'ENV_IMPL', 'TILE_BYTES', 'cluster_export', 'aggregate_export', 'is_exporting'
-]
+__all__ = ['DCConv', 'dcconv', 'cluster', 'aggregate', 'available_impls']

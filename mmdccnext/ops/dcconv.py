@@ -1,189 +1,209 @@
-"""Dynamic Clustering Convolution (DCConv, DCCNeXt, AAAI-25).
+"""Dynamic Clustering Convolution (DCConv, DCCNeXt, AAAI-25): the public functions.
 
-For the tokens ``x`` (B, N, C) of an image, :func:`~mmdccnext.ops.cluster.cluster` gives the
-ordered cluster ``idx`` (B, N, K) of every patch and the convolution over the cluster is a
-per-channel (depthwise) weighted sum::
+For the tokens ``x`` (B, N, C) of an image, :func:`cluster` gives the ordered cluster ``idx``
+(B, N, K) of every patch and :func:`aggregate` the per-channel (depthwise) weighted sum over
+it; :func:`dcconv` does both and :class:`DCConv` is the layer::
 
     y[b, n, c] = sum_k W[k, c] * x[b, idx[b, n, k], c] + bias[c]
 
-Two paths implement the aggregation: the fused C++ CPU kernels of ``mmdccnext._ext``
-(``impl='cpu'``) and PyTorch (``impl='pytorch'``, any device). Neither materialises the
-(B, N, K, C) gathered tensor, both save only ``x``, ``idx`` and ``W`` for the backward, and
-both backward passes are deterministic on the CPU (the C++ one also whatever the number of
-threads; on CUDA the PyTorch backward uses ``scatter_add_``, deterministic only under
-``torch.use_deterministic_algorithms(True)``). The sum over ``k`` runs in increasing
-``k``, starting from the bias, one rounding per multiply and per add in float32 (float64 for
-float64 inputs), so both paths give bit-identical forward outputs on the CPU. float16 /
-bfloat16 inputs are computed in float32 and the output is cast back to the input dtype.
-A third path in standard ops (``impl='export'``, :mod:`mmdccnext.ops.export`) is what ONNX
-export and tracing record; it follows the same order (the same outputs in PyTorch).
+Clustering contract (every path meets it; ``tests/test_ops`` holds them to it):
 
-When the cluster is smaller than the kernel (N < K), only the taps ``W[:N]`` are used and the
-gradient of ``W[N:]`` is zero.
+* Sub-vectors ``s = x[..., ::d]`` (channels ``0, d, 2d, ...``; ``ceil(C / d)`` of them).
+* Distance between patches ``i`` and ``j`` of the same image: the squared L2 distance computed
+  by *direct differences*, summed over the sub-vector channels in increasing order::
+
+      acc = 0;  for t in 0 .. D-1:  acc = acc + (s[i, t] - s[j, t]) * (s[i, t] - s[j, t])
+
+  with every operation rounded separately (no fused multiply-add), in float32 (float64 for
+  float64 inputs; float16 / bfloat16 inputs are upcast to float32). This is the *canonical*
+  distance. Unlike the ``|a|^2 + |b|^2 - 2ab`` expansion it has no cancellation (distances
+  are >= 0, the distance of a patch to an identical one is exactly 0), and because the
+  order of operations is fixed, every path sees bit-identical distances and so returns
+  identical indices, near-ties included.
+* A NaN distance (NaN or opposite infinities in the inputs) counts as ``+inf``.
+* Cluster of patch ``n``: ``n`` itself first (always, even if another patch is at distance
+  0), then the ``K - 1`` other patches in ascending ``(distance, index)`` order, i.e. ties go
+  to the lower patch index. Indices are always in ``[0, N)``.
+* ``N < K``: the cluster holds all ``N`` patches, the index has last dimension ``min(K, N)``.
+* No gradient flows through the choice (clustering runs under ``torch.no_grad``).
+
+
+Aggregation contract: the sum over ``k`` runs in increasing ``k``, starting from the bias, one
+rounding per multiply and per add, in float32 (float64 for float64 inputs); float16 /
+bfloat16 inputs are computed in float32 and the output is cast back. When the cluster is
+smaller than the kernel (N < K) only the taps ``W[:N]`` are used and the gradient of
+``W[N:]`` is zero. No path materialises the (B, N, K, C) gathered tensor in training, and
+each saves only ``x``, ``idx`` and ``W`` for the backward.
+
+Paths (``impl``), one leaf module each, none knowing the others: ``'cpu'`` (fused C++
+kernels, :mod:`.cpu_impl`), ``'triton'`` (CUDA, :mod:`.triton_impl`), ``'pytorch'`` (any
+device, :mod:`.pytorch_impl`) and ``'export'`` (standard ops for ONNX export and tracing,
+:mod:`.export`). The public functions below validate their arguments once
+(:mod:`.common`), choose the path once (:func:`resolve_impl`) and run it through the
+``torch.library`` ops of :mod:`.library` (the export path excepted: its standard ops are what
+an exporter must record), so ``torch.compile`` sees one node per op.
 """
+import os
+
 import torch
+from mmengine.logging import print_log
 from torch import nn
-from torch.autograd import Function
-from torch.autograd.function import once_differentiable
 
 from mmdccnext.registry import MODELS
-from .cluster import _check_int, check_tokens, cluster, compute_dtype
-from .export import aggregate_export
-from .ext_loader import IMPLS, load_ext, resolve_impl
+from . import cpu_impl, export
+from .common import (IMPLS, check_aggregate_args, check_impl, check_int, check_tokens,
+                     compute_dtype, subvectors)
+from .library import aggregate_op, cluster_op, leaf
+
+#: Overrides ``impl='auto'`` when set (one of :data:`.common.IMPLS`).
+ENV_IMPL = 'MMDCCNEXT_DCCONV_IMPL'
+#: ISAs of the C++ kernels that ``impl='auto'`` runs: all of them. Measured on an AMD EPYC
+#: (AVX2 + FMA, no AVX-512; the generic kernels forced), 1 thread, B = 1, C = 320, K = 12,
+#: ``tools/analysis/benchmark_dcconv.py --threads 1 --isa all-supported``: the generic
+#: (baseline SSE2) kernels ran ``dcconv`` 3.7x (forward) / 4.9x (forward + backward) faster
+#: than the PyTorch path at N = 4000, 2.9x / 3.4x at N = 16000 (AVX2: 6.5x / 8.6x at 4000),
+#: so no ISA needs the PyTorch path instead. This tuple is where an ISA measured slower than
+#: the PyTorch path would be left out (tests/test_ops/test_cpu_isa.py holds the rule).
+AUTO_CPU_ISAS = ('avx512', 'avx2', 'generic')
+
+_logged = set()
 
 
-class AggregatePytorchFunction(Function):
-    """Reference aggregation: a loop over the K taps, one (B, N, C) gather at a time."""
-
-    @staticmethod
-    def forward(ctx, x, idx, weight, bias=None):
-        ctx.has_bias = bias is not None
-        ctx.save_for_backward(x, idx, weight)
-        return _aggregate_forward_pytorch(x, idx, weight, bias)
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_out):
-        x, idx, weight = ctx.saved_tensors
-        B, N, C = x.shape
-        Kc = idx.shape[-1]
-        grad_out = grad_out.contiguous()
-        grad_x = grad_w = grad_b = None
-        if ctx.needs_input_grad[0]:
-            grad_x = torch.zeros_like(x, memory_format=torch.contiguous_format)
-        if ctx.needs_input_grad[2]:
-            grad_w = torch.zeros_like(weight, memory_format=torch.contiguous_format)
-        for k in range(Kc):
-            index = idx[..., k:k + 1].expand(B, N, C)
-            if grad_w is not None:
-                grad_w[k] = (grad_out * torch.gather(x, 1, index)).sum(dim=(0, 1))
-            if grad_x is not None:
-                grad_x.scatter_add_(1, index, grad_out * weight[k])
-        if ctx.has_bias and ctx.needs_input_grad[3]:
-            grad_b = grad_out.sum(dim=(0, 1))
-        return grad_x, None, grad_w, grad_b
+def is_exporting():
+    """Whether the model is being exported or traced (ONNX export, ``torch.export``,
+    ``torch.jit.trace``): then only the standard-op path can be recorded."""
+    return (torch.onnx.is_in_onnx_export() or torch.compiler.is_exporting()
+            or torch.jit.is_tracing())
 
 
-def _aggregate_forward_pytorch(x, idx, weight, bias):
-    B, N, C = x.shape
-    Kc = idx.shape[-1]
-    if bias is not None:
-        out = bias.expand(B, N, C).clone(memory_format=torch.contiguous_format)
-    else:
-        out = x.new_zeros((B, N, C))
-    for k in range(Kc):
-        gathered = torch.gather(x, 1, idx[..., k:k + 1].expand(B, N, C))
-        out.add_(gathered.mul_(weight[k]))
-    return out
+def _triton_status(device_type):
+    """(usable, why not) for the Triton leaf on tensors of ``device_type``."""
+    try:
+        triton_impl = leaf('triton')
+    except Exception as exc:  # triton missing or broken: the PyTorch path still works
+        return False, f'the Triton leaf cannot be imported ({type(exc).__name__}: {exc})'
+    ok, why = triton_impl.available()
+    if ok and device_type != 'cuda' and os.environ.get('TRITON_INTERPRET') != '1':
+        return False, (f'Triton runs CUDA tensors (or CPU tensors under TRITON_INTERPRET=1), '
+                       f'got a {device_type} tensor')
+    return ok, why
 
 
-class AggregateCPUFunction(Function):
-    """Fused C++ aggregation: reads ``x`` through ``idx``; deterministic backward."""
-
-    @staticmethod
-    def forward(ctx, x, idx, weight, bias=None):
-        ext = load_ext()
-        x = x.contiguous()
-        idx = idx.contiguous()
-        weight = weight.contiguous()
-        ctx.has_bias = bias is not None
-        ctx.save_for_backward(x, idx, weight)
-        return ext.aggregate_forward(x, idx, weight,
-                                     bias.contiguous() if bias is not None else None)
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_out):
-        ext = load_ext()
-        x, idx, weight = ctx.saved_tensors
-        need_x, _, need_w, need_b = ctx.needs_input_grad[:4]
-        grad_x, grad_w, grad_b = ext.aggregate_backward(grad_out.contiguous(), x, idx, weight,
-                                                        bool(need_x), bool(need_w),
-                                                        bool(need_b and ctx.has_bias))
-        return (grad_x if need_x else None, None, grad_w if need_w else None, grad_b if
-                (need_b and ctx.has_bias) else None)
+def available_impls(device='cpu'):
+    """The paths that can run DCConv on ``device`` (str or ``torch.device``), best first,
+    among ``'cpu'``, ``'triton'`` and ``'pytorch'`` (``'export'`` runs anywhere, for export)."""
+    device_type = torch.device(device).type
+    impls = []
+    if device_type == 'cpu' and cpu_impl.ext_available():
+        impls.append('cpu')
+    if device_type in ('cuda', 'cpu') and _triton_status(device_type)[0]:
+        impls.append('triton')
+    return tuple(impls) + ('pytorch', )
 
 
-def aggregate_pytorch(x, idx, weight, bias=None):
-    """PyTorch convolution over the clusters; (B, N, C) tokens in, (B, N, C) out.
+@torch.compiler.assume_constant_result
+def _resolve(impl, device_type):
+    # Depends only on the arguments, the environment and the extension, never on tensor
+    # data: torch.compile runs it once while tracing and keeps its answer as a constant.
+    if impl == 'auto':
+        env = os.environ.get(ENV_IMPL, '').strip().lower()
+        if env:
+            if env not in IMPLS:
+                raise ValueError(
+                    f'environment variable {ENV_IMPL} must be one of {IMPLS}, got {env!r}')
+            impl = env
+    if impl in ('pytorch', 'export'):
+        return impl
+    if impl == 'cpu':
+        why = cpu_impl.unavailable_reason(device_type)
+        if why:
+            raise RuntimeError(why)
+        return 'cpu'
+    if impl == 'triton':
+        ok, why = _triton_status(device_type)
+        if not ok:
+            raise RuntimeError(f"impl='triton' cannot run: {why}; use impl='pytorch' or 'auto'.")
+        return 'triton'
+    # auto
+    if device_type == 'cpu':
+        if not cpu_impl.ext_available():
+            cpu_impl.warn_unavailable_once()
+            return 'pytorch'
+        return 'cpu' if cpu_impl.cpu_isa() in AUTO_CPU_ISAS else 'pytorch'
+    path = 'pytorch'
+    if device_type == 'cuda':
+        ok, why = _triton_status(device_type)
+        path = 'triton' if ok else 'pytorch'
+        if device_type not in _logged:
+            _logged.add(device_type)
+            print_log(f'mmdccnext: DCConv on CUDA runs the {path} path'
+                      + ('' if ok else f' ({why})'), logger='current')
+    return path
 
-    ``idx`` (B, N, Kc) with Kc <= K uses the taps ``weight[:Kc]``. Computed in float32 for
-    float16 / bfloat16 inputs; output in the dtype of ``x``.
+
+def resolve_impl(impl, tensor):
+    """Map ``impl`` ('auto' | 'cpu' | 'triton' | 'pytorch' | 'export') to the path that runs
+    for ``tensor``.
+
+    While exporting or tracing (:func:`is_exporting`) every ``impl`` runs ``'export'``.
+    ``'auto'`` is first replaced by the environment variable ``MMDCCNEXT_DCCONV_IMPL`` when
+    set, then means: on CPU tensors the fused C++ kernels when the extension imports and runs
+    one of :data:`AUTO_CPU_ISAS` (:func:`.cpu_impl.cpu_isa`), else the PyTorch path with one
+    warning; on CUDA tensors Triton when it imports, else the PyTorch path (one log line says
+    which); on other devices the PyTorch path. An explicit ``'cpu'`` or ``'triton'`` that
+    cannot run raises a ``RuntimeError`` saying why. Under ``torch.compile`` the answer is
+    fixed when the model is traced.
     """
-    return _aggregate(x, idx, weight, bias, 'pytorch')
+    check_impl(impl)
+    if impl == 'export' or is_exporting():
+        return 'export'
+    return _resolve(impl, tensor.device.type)
 
 
-def aggregate_cpu(x, idx, weight, bias=None):
-    """Fused C++ convolution over the clusters (CPU tensors, needs ``mmdccnext._ext``)."""
-    return _aggregate(x, idx, weight, bias, 'cpu')
+def _cluster(tokens, kernel_size, subvector_stride, path):
+    s = subvectors(tokens, subvector_stride)
+    if path == 'export':
+        return export.cluster(s, kernel_size)
+    return cluster_op(s, kernel_size, path)
+
+
+def _aggregate(tokens, idx, weight, bias, path):
+    cdtype = compute_dtype(torch.promote_types(tokens.dtype, weight.dtype))
+    Kc = idx.shape[-1]
+    args = (tokens.to(cdtype).contiguous(), idx.to(torch.long).contiguous(),
+            weight[:Kc].to(cdtype).contiguous(),
+            bias.to(cdtype).contiguous() if bias is not None else None)
+    out = export.aggregate(*args) if path == 'export' else aggregate_op(*args, path)
+    return out.to(tokens.dtype)
+
+
+def cluster(x, kernel_size, subvector_stride=8, impl='auto'):
+    """Indices of the dynamic clusters of (B, N, C) tokens.
+
+    Args:
+        x (Tensor): (B, N, C) tokens.
+        kernel_size (int): K, the cluster size.
+        subvector_stride (int): d, the sub-vector sampling interval (1: full vectors).
+        impl (str): 'auto' | 'cpu' | 'triton' | 'pytorch' | 'export' (:func:`resolve_impl`).
+
+    Returns:
+        LongTensor: (B, N, min(K, N)); ``[..., 0]`` is the patch itself.
+    """
+    check_tokens(x)
+    K = check_int(kernel_size, 'kernel_size')
+    d = check_int(subvector_stride, 'subvector_stride')
+    return _cluster(x, K, d, resolve_impl(impl, x))
 
 
 def aggregate(x, idx, weight, bias=None, impl='auto'):
-    """Convolution over precomputed clusters ``idx``, dispatched like :func:`dcconv`."""
-    _check_aggregate_args(x, idx, weight, bias)
+    """Convolution over precomputed clusters ``idx`` (B, N, min(K, N)) of (B, N, C) tokens
+    with the (K, C) ``weight``; (B, N, C) out, in the dtype of ``x``. Dispatched like
+    :func:`dcconv`."""
+    if idx is None:
+        raise ValueError('idx must be a (B, N, min(K, N)) integer tensor (the clusters, see '
+                         'cluster()), got None')
+    check_aggregate_args(x, idx, weight, bias)
     return _aggregate(x, idx, weight, bias, resolve_impl(impl, x))
-
-
-def _aggregate(x, idx, weight, bias, path):
-    if path == 'export':
-        return aggregate_export(x, idx, weight, bias)
-    out_dtype = x.dtype
-    cdtype = compute_dtype(torch.promote_types(x.dtype, weight.dtype))
-    Kc = idx.shape[-1]
-    xc = x.to(cdtype)
-    wc = weight[:Kc].to(cdtype)
-    bc = bias.to(cdtype) if bias is not None else None
-    idx = idx.to(torch.long)
-    if path == 'cpu':
-        ext = load_ext()
-        if ext is None:
-            raise RuntimeError('aggregate_cpu needs the C++ extension mmdccnext._ext')
-        if x.device.type != 'cpu':
-            raise RuntimeError(f'aggregate_cpu needs a CPU tensor, got one on {x.device}')
-        out = AggregateCPUFunction.apply(xc, idx, wc, bc)
-    else:
-        out = AggregatePytorchFunction.apply(xc, idx, wc, bc)
-    return out.to(out_dtype)
-
-
-def _check_aggregate_args(x, idx, weight, bias, kernel_size=None):
-    check_tokens(x)
-    B, N, C = x.shape
-    if not isinstance(weight, torch.Tensor) or weight.dim() != 2:
-        shape = tuple(weight.shape) if isinstance(weight, torch.Tensor) else type(weight)
-        raise ValueError(f'weight must be a (K, C) tensor, got {shape}')
-    K = weight.shape[0]
-    if K < 1:
-        raise ValueError(f'weight must be (K, C) with K >= 1, got shape {tuple(weight.shape)}')
-    if weight.shape[1] != C:
-        raise ValueError(f'weight must be (K, C) = (K, {C}) to match the {C} channels of x, '
-                         f'got shape {tuple(weight.shape)}')
-    if not weight.is_floating_point():
-        raise ValueError(f'weight must be a floating-point tensor, got {weight.dtype}')
-    if weight.device != x.device:
-        raise ValueError(f'weight is on {weight.device} but x is on {x.device}')
-    if kernel_size is not None and kernel_size != K:
-        raise ValueError(f'kernel_size={kernel_size} does not match weight.shape[0]={K}')
-    if bias is not None:
-        if not isinstance(bias, torch.Tensor) or tuple(bias.shape) != (C, ):
-            shape = tuple(bias.shape) if isinstance(bias, torch.Tensor) else type(bias)
-            raise ValueError(f'bias must be None or a ({C},) tensor, got {shape}')
-        if bias.device != x.device:
-            raise ValueError(f'bias is on {bias.device} but x is on {x.device}')
-    if idx is not None:
-        Kc = min(K, N)
-        if not isinstance(idx, torch.Tensor) or tuple(idx.shape) != (B, N, Kc):
-            shape = tuple(idx.shape) if isinstance(idx, torch.Tensor) else type(idx)
-            raise ValueError(f'idx must be a (B, N, min(K, N)) = {(B, N, Kc)} integer '
-                             f'tensor, got {shape}')
-        if idx.dtype not in (torch.int64, torch.int32):
-            raise ValueError(f'idx must be an int64 (or int32) tensor, got {idx.dtype}')
-        if idx.device != x.device:
-            raise ValueError(f'idx is on {idx.device} but x is on {x.device}')
-        lo, hi = int(idx.min()), int(idx.max())
-        if lo < 0 or hi >= N:
-            raise ValueError(f'idx must hold patch indices in [0, {N}), got values in '
-                             f'[{lo}, {hi}]')
 
 
 def dcconv(x,
@@ -203,9 +223,7 @@ def dcconv(x,
         bias (Tensor, optional): (C,).
         kernel_size (int, optional): K; checked against ``weight.shape[0]`` if given.
         subvector_stride (int): d, clustering uses channels ``0, d, 2d, ...``.
-        impl (str): 'auto' | 'cpu' | 'pytorch' | 'export'; 'auto' can be overridden with
-            the environment variable ``MMDCCNEXT_DCCONV_IMPL``. While exporting or tracing,
-            every impl runs 'export' (standard ops, :mod:`mmdccnext.ops.export`).
+        impl (str): 'auto' | 'cpu' | 'triton' | 'pytorch' | 'export' (:func:`resolve_impl`).
         idx (LongTensor, optional): (B, N, min(K, N)) precomputed clusters; skips clustering.
         return_indices (bool): also return ``idx``.
 
@@ -225,12 +243,12 @@ def dcconv(x,
         raise ValueError('x must be (B, N, C) tokens or (B, C, H, W) feature maps, got shape '
                          f'{tuple(x.shape)}')
     if kernel_size is not None:
-        _check_int(kernel_size, 'kernel_size')
-    _check_int(subvector_stride, 'subvector_stride')
-    _check_aggregate_args(tokens, idx, weight, bias, kernel_size)
+        check_int(kernel_size, 'kernel_size')
+    d = check_int(subvector_stride, 'subvector_stride')
+    check_aggregate_args(tokens, idx, weight, bias, kernel_size, shape=x.shape)
     path = resolve_impl(impl, tokens)
     if idx is None:
-        idx = cluster(tokens, int(weight.shape[0]), subvector_stride, impl=path)
+        idx = _cluster(tokens, weight.shape[0], d, path)
     out = _aggregate(tokens, idx, weight, bias, path)
     if x.dim() == 4:
         out = out.transpose(1, 2).reshape(B, C, H, W)
@@ -255,7 +273,7 @@ class DCConv(nn.Module):
         kernel_size (int): K, the cluster size.
         subvector_stride (int): d, sub-vector sampling interval for the clustering. Default 8.
         bias (bool): learn a per-channel bias. Default True.
-        impl (str): 'auto' | 'cpu' | 'pytorch' | 'export'.
+        impl (str): 'auto' | 'cpu' | 'triton' | 'pytorch' | 'export' (:func:`resolve_impl`).
 
     Init: ``weight`` ~ truncated normal (std 0.02, cut at +-2 std), ``bias`` = 0 — the
     init DCCNeXt inherits from timm / ConvNeXt for its convolution and linear layers; it keeps
@@ -267,12 +285,10 @@ class DCConv(nn.Module):
 
     def __init__(self, channels, kernel_size, subvector_stride=8, bias=True, impl='auto'):
         super().__init__()
-        self.channels = _check_int(channels, 'channels')
-        self.kernel_size = _check_int(kernel_size, 'kernel_size')
-        self.subvector_stride = _check_int(subvector_stride, 'subvector_stride')
-        if impl not in IMPLS:
-            raise ValueError(f'impl must be one of {IMPLS}, got {impl!r}')
-        self.impl = impl
+        self.channels = check_int(channels, 'channels')
+        self.kernel_size = check_int(kernel_size, 'kernel_size')
+        self.subvector_stride = check_int(subvector_stride, 'subvector_stride')
+        self.impl = check_impl(impl)
         self.weight = nn.Parameter(torch.empty(self.kernel_size, self.channels))
         if bias:
             self.bias = nn.Parameter(torch.empty(self.channels))

@@ -2,7 +2,7 @@
 
 The fused C++ kernels cannot be traced, and the tiled PyTorch reference loops in Python over
 data-dependent tiles and row subsets, so neither can be exported. This path expresses the
-same contract (:mod:`mmdccnext.ops.cluster`: canonical direct-difference distances, patch
+same contract (:mod:`mmdccnext.ops.dcconv`: canonical direct-difference distances, patch
 itself first, then ascending ``(distance, index)``) with operators that every ONNX runtime
 has (MatMul, ReduceSum/ReduceMean, TopK, Gather, element-wise arithmetic, ``If``, ``Scan``),
 and returns the *same indices* as the other paths, not approximately the same ones.
@@ -27,7 +27,7 @@ Clustering of the (B, N, D) sub-vectors ``s`` with cluster size ``Kc = min(K, N)
    ``E_i = (2D + 12) u (|c_i|^2 + max_j |c_j|^2)``, the screen of every pair is within
    ``E_i + u S`` of the exact squared distance ``S`` and the canonical distance is at least
    ``S (1 - (D + 4) u)`` (the derivation is the one of the float64 screen in
-   :mod:`mmdccnext.ops.cluster`, with u of float32; the extra float32 roundings of the norms
+   :mod:`mmdccnext.ops.pytorch_impl`, with u of float32; the extra float32 roundings of the norms
    and of the final additions fit in the slack of the constant 12). Every patch left out has a
    screened value >= the one left out first, so its canonical distance is at least
    ``lower = (left_out + |c_i|^2 - E_i) (1 - (D + 5) u) - 4 (D + 4) denorm_min`` (the last
@@ -63,11 +63,7 @@ try:  # the loop primitive of torch.export (a private module, hence the fallback
 except ImportError:  # pragma: no cover - other torch versions: unrolled steps
     scan = None
 
-from .cluster import _SCREEN_EXTRA, _check_int, check_tokens, compute_dtype, subvectors
-
-#: Candidates verified beyond the m neighbours needed, as in the PyTorch path's screen (a
-#: wider margin certifies more rows and costs a few more canonical distances per patch).
-SCREEN_EXTRA = _SCREEN_EXTRA
+from .common import SCREEN_EXTRA
 
 
 def _can_record_hops():
@@ -191,22 +187,12 @@ def _screened(s, Kc, M, use_scan=False):
     return idx, certified
 
 
-def cluster_export(x, kernel_size, subvector_stride=8):
-    """Clustering in standard ops (exportable to ONNX); same indices as every other path.
-
-    Args:
-        x (Tensor): (B, N, C) tokens.
-        kernel_size (int): K, the cluster size.
-        subvector_stride (int): d, distances use channels ``0, d, 2d, ...``.
-
-    Returns:
-        LongTensor: (B, N, min(K, N)); ``[..., 0]`` is the patch itself.
-    """
-    check_tokens(x)
-    K = _check_int(kernel_size, 'kernel_size')
-    d = _check_int(subvector_stride, 'subvector_stride')
-    # detach instead of no_grad: a grad-mode switch would become a node of the exported graph
-    s = subvectors(x.detach(), d)
+def cluster(s, kernel_size):
+    """Clustering of the (B, N, D) sub-vectors ``s`` in standard ops (exportable to ONNX);
+    same indices as every other path: (B, N, min(K, N)), ``[..., 0]`` the patch itself.
+    ``s`` comes detached (:func:`.common.subvectors`): a grad-mode switch here would become a
+    node of the exported graph."""
+    K = kernel_size
     B, N, _ = s.shape
     # a comparison, not min(): under symbolic shapes it becomes a guard and Kc stays an int
     Kc = K if N >= K else N
@@ -226,22 +212,18 @@ def cluster_export(x, kernel_size, subvector_stride=8):
     return idx if bool(certified) else _exact_all_pairs(s, Kc, onnx_topk)
 
 
-def aggregate_export(x, idx, weight, bias=None):
+def aggregate(x, idx, weight, bias=None):
     """Convolution over the clusters in standard ops (Gather, Mul, Add); (B, N, C) out.
 
-    Summation order and dtypes as in :func:`mmdccnext.ops.aggregate` (bit-identical outputs
-    in PyTorch); differentiable. Materialises the (Kc, B, N, C) gathered taps: one Gather and
-    one Mul for all taps keep the exported graph small.
+    Inputs in the compute dtype, ``weight`` (Kc, C); summation order as in every other path
+    (bit-identical outputs in PyTorch); differentiable. Materialises the (Kc, B, N, C)
+    gathered taps: one Gather and one Mul for all taps keep the exported graph small.
     """
-    out_dtype = x.dtype
-    cdtype = compute_dtype(torch.promote_types(x.dtype, weight.dtype))
     B, N, C = x.shape
     Kc = idx.shape[-1]
-    flat = x.to(cdtype).reshape(B * N, C)
     offsets = (torch.arange(B, device=x.device) * N)[:, None, None]
-    flat_idx = (idx.to(torch.long) + offsets).permute(2, 0, 1).reshape(-1)  # tap-major
-    taps = flat.index_select(0, flat_idx).reshape(Kc, B, N, C)
-    taps = taps * weight[:Kc].to(cdtype)[:, None, None, :]
-    first = bias.to(cdtype) + taps[0] if bias is not None else taps[0]
-    out = _sequential_sum(first, taps[1:], _can_record_hops() and scan is not None)
-    return out.to(out_dtype)
+    flat_idx = (idx + offsets).permute(2, 0, 1).reshape(-1)  # tap-major
+    taps = x.reshape(B * N, C).index_select(0, flat_idx).reshape(Kc, B, N, C)
+    taps = taps * weight[:, None, None, :]
+    first = bias + taps[0] if bias is not None else taps[0]
+    return _sequential_sum(first, taps[1:], _can_record_hops() and scan is not None)

@@ -7,12 +7,14 @@ import numpy as np
 import pytest
 import torch
 
-from mmdccnext.ops import (DCConv, aggregate, aggregate_export, cluster, cluster_bruteforce,
-                           cluster_export, cluster_pytorch, dcconv, ext_available, is_exporting)
+from mmdccnext.ops import DCConv, aggregate, available_impls, cluster, dcconv
+from mmdccnext.ops.common import subvectors
+from mmdccnext.ops.dcconv import is_exporting
+from mmdccnext.ops.reference import cluster_reference as cluster_bruteforce
 
 export_mod = importlib.import_module('mmdccnext.ops.export')
-ext_loader = importlib.import_module('mmdccnext.ops.ext_loader')
-AGG_PATHS = ['pytorch'] + (['cpu'] if ext_available() else [])
+dcconv_mod = importlib.import_module('mmdccnext.ops.dcconv')
+AGG_PATHS = available_impls('cpu')
 
 
 def randn(*shape, seed=0, dtype=torch.float32):
@@ -33,21 +35,21 @@ def randn(*shape, seed=0, dtype=torch.float32):
     ])
 def test_matches_float64_bruteforce(B, N, C, K, d):
     x = randn(B, N, C, seed=N * C + K)
-    assert torch.equal(cluster_export(x, K, d), cluster_bruteforce(x, K, d))
+    assert torch.equal(cluster(x, K, d, impl='export'), cluster_bruteforce(x, K, d))
 
 
 @pytest.mark.parametrize('dtype', [torch.float64, torch.bfloat16])
 def test_other_dtypes(dtype):
     x = randn(2, 80, 24, seed=5).to(dtype)
-    assert torch.equal(cluster_export(x, 7, 2), cluster_pytorch(x, 7, 2))
+    assert torch.equal(cluster(x, 7, 2, impl='export'), cluster(x, 7, 2, impl='pytorch'))
 
 
 def test_ties_go_to_lower_index_and_self_first():
-    idx = cluster_export(torch.zeros(1, 6, 8), 4, 1)
+    idx = cluster(torch.zeros(1, 6, 8), 4, 1, impl='export')
     assert idx[0].tolist() == [[n] + [j for j in range(6) if j != n][:3] for n in range(6)]
     # small integers: exact ties everywhere
     x = torch.randint(-2, 3, (2, 300, 12), generator=torch.Generator().manual_seed(0)).float()
-    assert torch.equal(cluster_export(x, 12, 1), cluster_bruteforce(x, 12, 1))
+    assert torch.equal(cluster(x, 12, 1, impl='export'), cluster_bruteforce(x, 12, 1))
 
 
 @pytest.mark.parametrize('scale', [1e-3, 1.0, 1e3])
@@ -56,7 +58,7 @@ def test_near_ties_bit_identical_to_other_paths(scale):
     g = torch.Generator().manual_seed(2)
     x = (torch.randn(1, 40, 64, generator=g) * scale).repeat(1, 10, 1)
     x = x * (1 + torch.randint(-3, 4, x.shape, generator=g).float() * 2**-23)
-    assert torch.equal(cluster_export(x, 18, 1), cluster(x, 18, 1))
+    assert torch.equal(cluster(x, 18, 1, impl='export'), cluster(x, 18, 1))
 
 
 @pytest.mark.parametrize('offset', [0., 1e3, 1e5])
@@ -64,7 +66,7 @@ def test_common_offset_and_near_duplicates(offset):
     g = torch.Generator().manual_seed(3)
     centres = torch.randn(1, 30, 64, generator=g)
     x = centres.repeat(1, 20, 1) + 1e-4 * torch.randn(1, 600, 64, generator=g) + offset
-    assert torch.equal(cluster_export(x, 12, 2), cluster(x, 12, 2))
+    assert torch.equal(cluster(x, 12, 2, impl='export'), cluster(x, 12, 2))
 
 
 @pytest.mark.parametrize('scale,d', [(1e18, 1), (1e-40, 1), (1e18, 2), (1e-21, 2), (3e17, 2)])
@@ -72,7 +74,7 @@ def test_extreme_magnitudes(scale, d):
     # near overflow (the screen gives up: exact fallback) and subnormal distances (the
     # float32 screen underflows; the certificate's absolute slack covers it)
     x = randn(1, 90, 16, seed=6) * scale
-    assert torch.equal(cluster_export(x, 9, d), cluster_pytorch(x, 9, d))
+    assert torch.equal(cluster(x, 9, d, impl='export'), cluster(x, 9, d, impl='pytorch'))
 
 
 def test_non_finite_inputs():
@@ -81,7 +83,7 @@ def test_non_finite_inputs():
     x[0, 5, 2] = float('inf')
     x[0, 6, 2] = float('inf')
     x[1, :, 0] = float('-inf')
-    assert torch.equal(cluster_export(x, 6, 1), cluster_bruteforce(x, 6, 1))
+    assert torch.equal(cluster(x, 6, 1, impl='export'), cluster_bruteforce(x, 6, 1))
 
 
 def test_exact_fallback_only_when_the_screen_cannot_certify(monkeypatch):
@@ -94,11 +96,11 @@ def test_exact_fallback_only_when_the_screen_cannot_certify(monkeypatch):
 
     monkeypatch.setattr(export_mod, '_exact_all_pairs', spy)
     x = randn(2, 300, 160, seed=12)
-    assert torch.equal(cluster_export(x, 12, 8), cluster(x, 12, 8))
+    assert torch.equal(cluster(x, 12, 8, impl='export'), cluster(x, 12, 8))
     assert not calls  # ordinary data: certified, candidates only
     x[0, 150:] = x[0, :150]  # every patch has a twin
     x[0, 20:60] = x[0, 10]  # and 41 identical ones: more ties than candidates
-    assert torch.equal(cluster_export(x, 12, 8), cluster_bruteforce(x, 12, 8))
+    assert torch.equal(cluster(x, 12, 8, impl='export'), cluster_bruteforce(x, 12, 8))
     assert calls
 
 
@@ -109,7 +111,7 @@ def test_aggregate_bit_identical_to_other_paths(dtype, with_bias):
     w = randn(12, 48, seed=2).to(dtype)
     b = randn(48, seed=3).to(dtype) if with_bias else None
     idx = cluster(x, 12, 8)
-    y = aggregate_export(x, idx, w, b)
+    y = aggregate(x, idx, w, b, impl='export')
     assert y.dtype == dtype
     for path in AGG_PATHS:
         assert torch.equal(y, aggregate(x, idx, w, b, impl=path))
@@ -128,7 +130,7 @@ def test_export_impl_gradients_match_pytorch_path():
 
 def test_dispatch_to_the_export_path():
     x = randn(1, 40, 16, seed=9)
-    assert ext_loader.resolve_impl('export', x) == 'export'
+    assert dcconv_mod.resolve_impl('export', x) == 'export'
     assert not is_exporting()
     assert "impl='export'" in repr(DCConv(16, 5, impl='export'))
     w = randn(5, 16, seed=10)
@@ -203,5 +205,5 @@ def test_onnx_runtime_identical_indices_and_outputs(tmp_path, dynamo):
         assert np.array_equal(idx, idx_ref.numpy()), name
         np.testing.assert_allclose(y, y_ref.numpy(), rtol=0, atol=1e-5, err_msg=name)
     # the screen cannot certify the duplicated image: ORT took the exact branch there
-    s = export_mod.subvectors(inputs['duplicates'], 8)
+    s = subvectors(inputs['duplicates'], 8)
     assert not bool(export_mod._screened(s, 12, 12 - 1 + export_mod.SCREEN_EXTRA)[1])

@@ -8,7 +8,7 @@ import importlib
 
 import pytest
 
-ext_loader = importlib.import_module('mmdccnext.ops.ext_loader')
+ext_loader = importlib.import_module('mmdccnext.ops.cpu_impl')
 
 #: every ISA the extension can be built with, best first
 ISAS = ('avx512', 'avx2', 'generic')

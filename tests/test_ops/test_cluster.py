@@ -4,12 +4,14 @@ import importlib
 import pytest
 import torch
 from cpu_isa_helpers import ISAS, forced_isa, isa_param
+from paths import cluster_bruteforce, cluster_cpu, cluster_pytorch
 
-from mmdccnext.ops import (TILE_BYTES, cluster, cluster_bruteforce, cluster_cpu, cluster_pytorch,
-                           ext_available, ext_error)
+from mmdccnext.ops import cluster
+from mmdccnext.ops.cpu_impl import ext_available, ext_error
+from mmdccnext.ops.pytorch_impl import TILE_BYTES
 
-cluster_mod = importlib.import_module('mmdccnext.ops.cluster')
-ext_loader = importlib.import_module('mmdccnext.ops.ext_loader')
+cluster_mod = importlib.import_module('mmdccnext.ops.pytorch_impl')
+ext_loader = importlib.import_module('mmdccnext.ops.cpu_impl')
 
 needs_ext = pytest.mark.skipif(
     not ext_available(), reason=f'the C++ extension mmdccnext._ext is not built ({ext_error()})')
@@ -32,12 +34,12 @@ def run(path, x, K, d=8, **kwargs):
         return cluster_pytorch(x, K, d, method='exact', **kwargs)
     screen, isa = path.rsplit('-', 1)
     ext = ext_loader.load_ext()
-    ext.set_dot_screen(screen == 'cpu')
+    ext._set_dot_screen(screen == 'cpu')
     try:
         with forced_isa(isa):
             return cluster_cpu(x, K, d, **kwargs)
     finally:
-        ext.set_dot_screen(True)
+        ext._set_dot_screen(True)
 
 
 def randn(*shape, seed=0, dtype=torch.float32):

@@ -11,10 +11,12 @@ import sys
 import pytest
 import torch
 from cpu_isa_helpers import ISAS, forced_isa, isa_param, isa_skip_reason
+from paths import cluster_bruteforce, cluster_cpu, cluster_pytorch
 
-from mmdccnext.ops import cluster, cluster_bruteforce, cluster_cpu, cluster_pytorch, dcconv
+from mmdccnext.ops import cluster, dcconv
 
-ext_loader = importlib.import_module('mmdccnext.ops.ext_loader')
+ext_loader = importlib.import_module('mmdccnext.ops.cpu_impl')
+dcconv_mod = importlib.import_module('mmdccnext.ops.dcconv')
 ext = ext_loader.load_ext()
 
 needs_ext = pytest.mark.skipif(
@@ -129,7 +131,7 @@ def test_env_var_unsupported_isa_in_fresh_process():
     isa = first_unsupported()
     code = ('import torch\n'
             'from mmdccnext.ops import cluster, dcconv\n'
-            'from mmdccnext.ops.ext_loader import load_ext\n'
+            'from mmdccnext.ops.cpu_impl import load_ext\n'
             'x = torch.randn(1, 30, 16)\n'
             'for call in (lambda: load_ext().isa(), lambda: cluster(x, 4, impl="cpu"),\n'
             '             lambda: dcconv(x, torch.randn(4, 16))):\n'
@@ -141,7 +143,7 @@ def test_env_var_unsupported_isa_in_fresh_process():
             'load_ext().set_isa("generic")\n'
             'print("after set_isa:", load_ext().isa(), tuple(cluster(x, 4, impl="cpu").shape))\n')
     env = dict(os.environ, **{ext_loader.ENV_ISA: isa})
-    env.pop(ext_loader.ENV_IMPL, None)
+    env.pop(dcconv_mod.ENV_IMPL, None)
     out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, env=env)
     assert out.returncode == 0, out.stderr[-3000:]  # an illegal instruction would kill it
     lines = out.stdout.strip().splitlines()
@@ -182,7 +184,7 @@ def test_cluster_odd_sizes(cpu_isa, dtype, C, d):
 
 @pytest.mark.parametrize('dot', [True, False])
 def test_cluster_ties_duplicates_non_finite(cpu_isa, dot):
-    ext.set_dot_screen(dot)
+    ext._set_dot_screen(dot)
     try:
         # all distances equal: every list fills to capacity and is resolved (cap = 2m + 32)
         idx = cluster_cpu(torch.zeros(1, 200, 64), 40, 8)
@@ -201,7 +203,7 @@ def test_cluster_ties_duplicates_non_finite(cpu_isa, dot):
             assert torch.equal(idx, cluster_bruteforce(x, K, d)), (K, d)
             assert torch.equal(idx, cluster_pytorch(x, K, d)), (K, d)
     finally:
-        ext.set_dot_screen(True)
+        ext._set_dot_screen(True)
 
 
 def test_aggregation_forward_backward(cpu_isa):
@@ -245,14 +247,14 @@ def test_auto_rule(isa, monkeypatch, default_isa):
     # measured: even the generic (SSE2) kernels beat the PyTorch path several times over, so
     # 'auto' runs the C++ kernels whatever the ISA; AUTO_CPU_ISAS is where an ISA measured
     # slower would be left out, and then 'auto' must take the PyTorch path for it
-    monkeypatch.delenv(ext_loader.ENV_IMPL, raising=False)
+    monkeypatch.delenv(dcconv_mod.ENV_IMPL, raising=False)
     x = randn(1, 30, 16)
     with forced_isa(isa):
-        assert ext_loader.AUTO_CPU_ISAS == ('avx512', 'avx2', 'generic')
-        assert ext_loader.resolve_impl('auto', x) == 'cpu'
-        monkeypatch.setattr(ext_loader, 'AUTO_CPU_ISAS', tuple(i for i in ISAS if i != isa))
-        assert ext_loader.resolve_impl('auto', x) == 'pytorch'
-        assert ext_loader.resolve_impl('cpu', x) == 'cpu'  # an explicit choice is kept
+        assert dcconv_mod.AUTO_CPU_ISAS == ('avx512', 'avx2', 'generic')
+        assert dcconv_mod.resolve_impl('auto', x) == 'cpu'
+        monkeypatch.setattr(dcconv_mod, 'AUTO_CPU_ISAS', tuple(i for i in ISAS if i != isa))
+        assert dcconv_mod.resolve_impl('auto', x) == 'pytorch'
+        assert dcconv_mod.resolve_impl('cpu', x) == 'cpu'  # an explicit choice is kept
         assert torch.equal(cluster(x, 5, impl='cpu'), cluster(x, 5))  # same indices anyway
 
 

@@ -5,17 +5,17 @@ import warnings
 import pytest
 import torch
 from cpu_isa_helpers import ISAS, forced_isa, isa_param
+from paths import cluster_bruteforce
 
-from mmdccnext.ops import (DCConv, aggregate, aggregate_cpu, aggregate_pytorch, cluster,
-                           cluster_bruteforce, dcconv, ext_available, ext_error)
+from mmdccnext.ops import DCConv, aggregate, cluster, dcconv
+from mmdccnext.ops.cpu_impl import ext_available, ext_error
 from mmdccnext.registry import MODELS
 
-ext_loader = importlib.import_module('mmdccnext.ops.ext_loader')
+ext_loader = importlib.import_module('mmdccnext.ops.cpu_impl')
+dcconv_mod = importlib.import_module('mmdccnext.ops.dcconv')
 
 needs_ext = pytest.mark.skipif(
     not ext_available(), reason=f'the C++ extension mmdccnext._ext is not built ({ext_error()})')
-
-AGG = {'pytorch': aggregate_pytorch, 'cpu': aggregate_cpu}
 
 
 @pytest.fixture(params=['pytorch'] + [isa_param(f'cpu-{isa}', isa) for isa in ISAS])
@@ -79,7 +79,7 @@ def test_gradcheck_float64(path):
     idx = cluster(x, 4, 2)
     x, w, b = (t.requires_grad_() for t in (x, w, b))
     assert torch.autograd.gradcheck(lambda x, w, b: dcconv(x, w, b, impl=path, idx=idx), (x, w, b))
-    assert torch.autograd.gradcheck(lambda x, w: AGG[path](x, idx, w), (x, w))
+    assert torch.autograd.gradcheck(lambda x, w: aggregate(x, idx, w, impl=path), (x, w))
 
 
 def test_gradcheck_feature_maps(path):
@@ -185,12 +185,11 @@ def test_non_finite_inputs_do_not_crash(path):
 def test_precomputed_indices_skip_clustering(path, monkeypatch):
     x, w, b = inputs(B=1, N=10, C=4, K=3, seed=12)
     idx = torch.arange(10).repeat(1, 3, 1).permute(0, 2, 1).contiguous()  # self only, x3
-    dcconv_mod = importlib.import_module('mmdccnext.ops.dcconv')
 
     def boom(*args, **kwargs):
         raise AssertionError('clustering must be skipped')
 
-    monkeypatch.setattr(dcconv_mod, 'cluster', boom)
+    monkeypatch.setattr(dcconv_mod, '_cluster', boom)
     y = dcconv(x, w, b, impl=path, idx=idx)
     torch.testing.assert_close(y, x * w.sum(0) + b)
     assert torch.equal(aggregate(x, idx, w, b, impl=path), y)
@@ -262,7 +261,7 @@ def no_ext(monkeypatch):
 
 
 def test_missing_extension_falls_back_with_one_warning(no_ext, monkeypatch):
-    monkeypatch.delenv(ext_loader.ENV_IMPL, raising=False)
+    monkeypatch.delenv(dcconv_mod.ENV_IMPL, raising=False)
     x, w, b = inputs(B=1, N=16, C=8, K=4)
     with pytest.warns(UserWarning, match='pure-PyTorch') as record:
         y1 = dcconv(x, w, b)
@@ -299,23 +298,23 @@ def test_missing_extension_in_fresh_interpreter():
 
 def test_env_var_overrides_auto(monkeypatch):
     x = torch.randn(1, 4, 4)
-    monkeypatch.setenv(ext_loader.ENV_IMPL, 'pytorch')
-    assert ext_loader.resolve_impl('auto', x) == 'pytorch'
+    monkeypatch.setenv(dcconv_mod.ENV_IMPL, 'pytorch')
+    assert dcconv_mod.resolve_impl('auto', x) == 'pytorch'
     if ext_available():  # the variable only replaces 'auto', never an explicit choice
-        assert ext_loader.resolve_impl('cpu', x) == 'cpu'
-    monkeypatch.setenv(ext_loader.ENV_IMPL, 'nonsense')
-    with pytest.raises(ValueError, match=ext_loader.ENV_IMPL):
-        ext_loader.resolve_impl('auto', x)
-    monkeypatch.delenv(ext_loader.ENV_IMPL)
+        assert dcconv_mod.resolve_impl('cpu', x) == 'cpu'
+    monkeypatch.setenv(dcconv_mod.ENV_IMPL, 'nonsense')
+    with pytest.raises(ValueError, match=dcconv_mod.ENV_IMPL):
+        dcconv_mod.resolve_impl('auto', x)
+    monkeypatch.delenv(dcconv_mod.ENV_IMPL)
     expected = 'cpu' if ext_available() else 'pytorch'
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')
-        assert ext_loader.resolve_impl('auto', x) == expected
+        assert dcconv_mod.resolve_impl('auto', x) == expected
 
 
 @needs_ext
 def test_cpu_impl_rejects_non_cpu_tensor():
     x = torch.randn(1, 4, 4, device='meta')
     with pytest.raises(RuntimeError, match="impl='cpu'"):
-        ext_loader.resolve_impl('cpu', x)
-    assert ext_loader.resolve_impl('auto', x) == 'pytorch'
+        dcconv_mod.resolve_impl('cpu', x)
+    assert dcconv_mod.resolve_impl('auto', x) == 'pytorch'

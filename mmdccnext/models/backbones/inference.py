@@ -28,7 +28,7 @@ import threading
 import torch
 import torch.nn as nn
 
-from mmdccnext.ops import is_exporting
+from mmdccnext.ops.dcconv import is_exporting
 from .dccnext import DCCNeXt, DCCNeXtBlock, _dwconv_cl
 
 

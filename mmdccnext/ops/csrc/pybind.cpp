@@ -35,10 +35,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "deterministic gradients (grad_x, grad_weight, grad_bias); undefined when not needed",
         py::arg("grad_out"), py::arg("x"), py::arg("idx"), py::arg("weight"),
         py::arg("need_x"), py::arg("need_weight"), py::arg("need_bias"));
-  m.def("set_dot_screen", &dcconv::set_dot_screen,
+  m.def("_set_dot_screen", &dcconv::set_dot_screen,
         "use (True, default) or not the norm-expansion screen of the clustering kernel; the "
         "result does not depend on it (for tests)");
-  m.def("get_dot_screen", &dcconv::get_dot_screen);
+  m.def("_get_dot_screen", &dcconv::get_dot_screen);
   m.def("isa", &dcconv::isa_name_str,
         "the ISA whose kernels run ('avx512', 'avx2' or 'generic'): MMDCCNEXT_CPU_ISA if set "
         "(read on first use), else the best this CPU supports; RuntimeError if the variable "

@@ -16,7 +16,7 @@
 // aggregate_backward  grads of x, W, bias; deterministic (fixed summation order for every
 //                     output element, whatever the number of threads and the ISA; no atomics).
 //
-// Numerics (shared with the PyTorch path, see mmdccnext/ops/cluster.py):
+// Numerics (shared with the PyTorch path, see mmdccnext/ops/dcconv.py):
 //   * canonical distance(i, j): acc = 0; for t = 0..D-1: acc = acc + (s_i[t] - s_j[t])^2,
 //     every operation rounded separately. The extension is built with -ffp-contract=off so
 //     the compiler never fuses a multiply and an add, except in the clearly marked screening

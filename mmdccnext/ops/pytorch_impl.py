@@ -1,44 +1,23 @@
-"""Dynamic clustering of DCConv: the sub-vector K-nearest-neighbour index of every patch.
+"""The PyTorch path of DCConv (any device): clustering and aggregation in plain PyTorch ops.
 
-Contract (every path meets it; ``tests/test_ops`` holds them to it):
+Clustering (the contract is in :mod:`mmdccnext.ops.dcconv`): a float64 matmul *screen*
+``|a|^2 + |b|^2 - 2ab`` on mean-centred sub-vectors proposes candidates with a rigorous bound
+on how far it can be from the canonical distance; only the candidates the bound cannot rule out
+get their canonical distance evaluated, and the order is decided on canonical distances alone.
+Where the bound cannot decide (near-ties, duplicated patches, non-finite values) the rows or
+images affected are redone with the canonical distance of every pair. Memory: tiles of
+(images, rows, columns) of at most :data:`TILE_BYTES` with a running top-K merging the column
+tiles; the N x N matrix is never built.
 
-* Sub-vectors ``s = x[..., ::d]`` (channels ``0, d, 2d, ...``; ``ceil(C / d)`` of them).
-* Distance between patches ``i`` and ``j`` of the same image: the squared L2 distance computed
-  by *direct differences*, summed over the sub-vector channels in increasing order::
-
-      acc = 0;  for t in 0 .. D-1:  acc = acc + (s[i, t] - s[j, t]) * (s[i, t] - s[j, t])
-
-  with every operation rounded separately (no fused multiply-add), in float32 (float64 for
-  float64 inputs; float16 / bfloat16 inputs are upcast to float32). This is the *canonical*
-  distance. Unlike the ``|a|^2 + |b|^2 - 2ab`` expansion it has no cancellation (distances
-  are >= 0, the distance of a patch to an identical one is exactly 0), and because the
-  order of operations is fixed, every path sees bit-identical distances and so returns
-  identical indices, near-ties included.
-* A NaN distance (NaN or opposite infinities in the inputs) counts as ``+inf``.
-* Cluster of patch ``n``: ``n`` itself first (always, even if another patch is at distance
-  0), then the ``K - 1`` other patches in ascending ``(distance, index)`` order, i.e. ties go
-  to the lower patch index. Indices are always in ``[0, N)``.
-* ``N < K``: the cluster holds all ``N`` patches, the index has last dimension ``min(K, N)``.
-* No gradient flows through the choice (clustering runs under ``torch.no_grad``).
-
-Speed without giving up exactness: both fast paths evaluate a cheaper *screening* distance
-for all pairs (the ``|a|^2 + |b|^2 - 2ab`` expansion on mean-centred sub-vectors - a float64
-matmul here, an FMA kernel in C++), with a rigorous bound on how far it can be from the
-canonical distance; only the candidates the bound cannot rule out get their canonical
-distance evaluated, and the final order is decided on canonical distances alone. Where the
-bound cannot decide (near-ties, duplicated patches, non-finite values) the path falls back
-to evaluating the canonical distance of every pair, for the affected rows or images.
-
-Memory: the PyTorch path works in tiles of (images, rows, columns) of at most
-:data:`TILE_BYTES` (a running top-K merges the column tiles), the C++ kernel in register
-blocks with a per-row candidate list; neither builds the N x N matrix.
+Aggregation: a loop over the K taps, one (B, N, C) gather at a time (never the (B, N, K, C)
+gathered tensor); the backward scatters with ``scatter_add_`` (deterministic on the CPU; on
+CUDA only under ``torch.use_deterministic_algorithms(True)``).
 """
 import math
-import numbers
 
 import torch
 
-from .ext_loader import load_ext, resolve_impl
+from .common import SCREEN_EXTRA
 
 #: Upper bound of the bytes the PyTorch path allocates per distance tile (distances, the
 #: sort keys and the temporaries of one step); the N x N matrix is never built at once.
@@ -48,41 +27,6 @@ TILE_BYTES = 32 * 2**20
 _BYTES_PER_ELEM = 32
 # On the CPU smaller tiles stay in cache and are faster; on accelerators bigger is better.
 _CPU_TILE_BYTES = 2 * 2**20
-
-
-def _check_int(value, name, minimum=1):
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise ValueError(f'{name} must be an int >= {minimum}, got {value!r}')
-    if value < minimum:
-        raise ValueError(f'{name} must be an int >= {minimum}, got {value}')
-    return int(value)
-
-
-def check_tokens(x, name='x'):
-    """Validate a (B, N, C) token tensor."""
-    if not isinstance(x, torch.Tensor):
-        raise ValueError(f'{name} must be a torch.Tensor, got {type(x).__name__}')
-    if x.dim() != 3:
-        raise ValueError(f'{name} must be (B, N, C) tokens (3-D), got shape {tuple(x.shape)}')
-    B, N, C = x.shape
-    if B == 0:
-        raise ValueError(f'{name} has an empty batch (B = 0), shape {tuple(x.shape)}')
-    if N == 0:
-        raise ValueError(f'{name} has no patches (N = 0), shape {tuple(x.shape)}')
-    if C == 0:
-        raise ValueError(f'{name} has no channels (C = 0), shape {tuple(x.shape)}')
-    if not x.is_floating_point():
-        raise ValueError(f'{name} must be a floating-point tensor, got {x.dtype}')
-
-
-def compute_dtype(dtype):
-    """float64 stays float64; every other floating type is computed in float32."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
-def subvectors(x, subvector_stride=8):
-    """Sub-vectors ``x[..., ::d]`` of (B, N, C) tokens in the compute dtype, contiguous."""
-    return x[..., ::subvector_stride].to(compute_dtype(x.dtype)).contiguous()
 
 
 def _pairwise_sq_dist(rows, cols):
@@ -193,10 +137,6 @@ def _canonical_sorted(s, r0, cand, tile_bytes):
     return torch.cat(cands, dim=1), torch.cat(accs, dim=1)
 
 
-#: Extra candidates the screened path verifies beyond the K - 1 it needs.
-_SCREEN_EXTRA = 8
-
-
 def _screened_topk(s, Kc, tile_bytes):
     """Screened top-Kc of every row of ``s`` (B, N, D), all values finite.
 
@@ -212,7 +152,7 @@ def _screened_topk(s, Kc, tile_bytes):
     """
     B, N, D = s.shape
     m = Kc - 1
-    M = min(N - 1, m + _SCREEN_EXTRA)
+    M = min(N - 1, m + SCREEN_EXTRA)
     device = s.device
     c = s.double()
     c = c - c.mean(dim=1, keepdim=True)
@@ -267,33 +207,26 @@ def _screened_topk(s, Kc, tile_bytes):
 
 
 @torch.no_grad()
-def cluster_pytorch(x, kernel_size, subvector_stride=8, tile_bytes=None, method='screened'):
-    """Pure-PyTorch clustering (any device), memory-bounded by tiles and a running top-K.
+def cluster(s, kernel_size, tile_bytes=None, method='screened'):
+    """Cluster indices of the (B, N, D) sub-vectors ``s`` (float32 or float64, contiguous).
 
     Args:
-        x (Tensor): (B, N, C) tokens.
+        s (Tensor): sub-vectors in the compute dtype (:func:`.common.subvectors`).
         kernel_size (int): K, the cluster size (patch itself + K - 1 neighbours).
-        subvector_stride (int): d, distances use channels ``0, d, 2d, ...``.
         tile_bytes (int, optional): bytes budget of one tile (capped at :data:`TILE_BYTES`);
             default: :data:`TILE_BYTES` for the screen, and for the exact evaluation 2 MiB
             on the CPU (cache-sized) and :data:`TILE_BYTES` elsewhere.
         method (str): ``'exact'`` evaluates the canonical distance of every pair (the
-            reference); ``'screened'`` (default) proposes candidates with a float64 matmul
-            screen, evaluates the canonical distance of those only and certifies the result,
-            redoing exactly the rows it cannot certify (near-ties, e.g. duplicated patches) and
-            the images with non-finite values. Both return the same indices.
+            reference); ``'screened'`` (default) screens, certifies and redoes what it cannot
+            certify (see the module docstring). Both return the same indices.
 
     Returns:
         LongTensor: (B, N, min(K, N)) indices into the N patches of the same image.
     """
-    check_tokens(x)
-    K = _check_int(kernel_size, 'kernel_size')
-    d = _check_int(subvector_stride, 'subvector_stride')
     if method not in ('exact', 'screened'):
         raise ValueError(f"method must be 'exact' or 'screened', got {method!r}")
-    s = subvectors(x, d)
     B, N, _ = s.shape
-    Kc = min(K, N)
+    Kc = min(kernel_size, N)
     device = s.device
     all_rows = torch.arange(N, device=device)
     if Kc == 1:
@@ -320,56 +253,35 @@ def cluster_pytorch(x, kernel_size, subvector_stride=8, tile_bytes=None, method=
     return out
 
 
-@torch.no_grad()
-def cluster_bruteforce(x, kernel_size, subvector_stride=8):
-    """Float64 brute-force reference (N x N matrix; tests only, small N)."""
-    check_tokens(x)
-    s = x[..., ::subvector_stride].double()
-    B, N, _ = s.shape
-    Kc = min(kernel_size, N)
-    dist = ((s[:, :, None, :] - s[:, None, :, :])**2).sum(-1)
-    dist = dist.masked_fill(torch.isnan(dist), math.inf)
-    eye = torch.eye(N, dtype=torch.bool, device=x.device)
-    dist = dist.masked_fill(eye, -1.0)
-    return torch.sort(dist, dim=-1, stable=True).indices[..., :Kc]
+def aggregate_forward(x, idx, weight, bias):
+    """``bias + sum_k weight[k] * x[idx[..., k]]``, over k in increasing order, from the bias.
 
-
-@torch.no_grad()
-def cluster_cpu(x, kernel_size, subvector_stride=8):
-    """Fused C++ clustering: screening distances in register blocks (FMA), a certified
-    candidate list per row, canonical distances for the candidates only (see
-    ``csrc/cpu/cluster_kernels.h``; compiled per ISA, see :func:`.ext_loader.cpu_isa`); same
-    indices as :func:`cluster_pytorch`."""
-    check_tokens(x)
-    K = _check_int(kernel_size, 'kernel_size')
-    d = _check_int(subvector_stride, 'subvector_stride')
-    ext = load_ext()
-    if ext is None:
-        raise RuntimeError('cluster_cpu needs the C++ extension mmdccnext._ext')
-    if x.device.type != 'cpu':
-        raise RuntimeError(f'cluster_cpu needs a CPU tensor, got one on {x.device}')
-    return ext.cluster_forward(subvectors(x, d), K)
-
-
-def cluster(x, kernel_size, subvector_stride=8, impl='auto'):
-    """Indices of the dynamic clusters of (B, N, C) tokens.
-
-    Args:
-        x (Tensor): (B, N, C) tokens.
-        kernel_size (int): K, the cluster size.
-        subvector_stride (int): d, the sub-vector sampling interval (1: full vectors).
-        impl (str): 'auto' | 'cpu' | 'pytorch' | 'export' (see :func:`resolve_impl`).
-
-    Returns:
-        LongTensor: (B, N, min(K, N)); ``[..., 0]`` is the patch itself.
+    ``x`` (B, N, C), ``idx`` (B, N, Kc) int64, ``weight`` (Kc, C), ``bias`` (C,) or None, all
+    in the compute dtype; returns a new contiguous (B, N, C) tensor.
     """
-    check_tokens(x)
-    _check_int(kernel_size, 'kernel_size')
-    _check_int(subvector_stride, 'subvector_stride')
-    path = resolve_impl(impl, x)
-    if path == 'cpu':
-        return cluster_cpu(x, kernel_size, subvector_stride)
-    if path == 'export':
-        from .export import cluster_export  # imports this module
-        return cluster_export(x, kernel_size, subvector_stride)
-    return cluster_pytorch(x, kernel_size, subvector_stride)
+    B, N, C = x.shape
+    if bias is not None:
+        out = bias.expand(B, N, C).clone(memory_format=torch.contiguous_format)
+    else:
+        out = x.new_zeros((B, N, C))
+    for k in range(idx.shape[-1]):
+        gathered = torch.gather(x, 1, idx[..., k:k + 1].expand(B, N, C))
+        out.add_(gathered.mul_(weight[k]))
+    return out
+
+
+def aggregate_backward(grad_out, x, idx, weight, need_x, need_w, need_b):
+    """Gradients (grad_x, grad_weight, grad_bias) of :func:`aggregate_forward`; ``None`` for
+    those not needed."""
+    B, N, C = x.shape
+    grad_out = grad_out.contiguous()
+    grad_x = torch.zeros_like(x, memory_format=torch.contiguous_format) if need_x else None
+    grad_w = torch.zeros_like(weight, memory_format=torch.contiguous_format) if need_w else None
+    for k in range(idx.shape[-1]):
+        index = idx[..., k:k + 1].expand(B, N, C)
+        if grad_w is not None:
+            grad_w[k] = (grad_out * torch.gather(x, 1, index)).sum(dim=(0, 1))
+        if grad_x is not None:
+            grad_x.scatter_add_(1, index, grad_out * weight[k])
+    grad_b = grad_out.sum(dim=(0, 1)) if need_b else None
+    return grad_x, grad_w, grad_b
