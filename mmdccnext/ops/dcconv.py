@@ -43,6 +43,7 @@ device, :mod:`.pytorch_impl`) and ``'export'`` (standard ops for ONNX export and
 ``torch.library`` ops of :mod:`.library` (the export path excepted: its standard ops are what
 an exporter must record), so ``torch.compile`` sees one node per op.
 """
+import functools
 import os
 
 import torch
@@ -76,8 +77,10 @@ def is_exporting():
             or torch.jit.is_tracing())
 
 
+@functools.lru_cache(maxsize=None)
 def _triton_status(device_type):
-    """(usable, why not) for the Triton leaf on tensors of ``device_type``."""
+    """(usable, why not) for the Triton leaf on tensors of ``device_type``; asked once per
+    process (TRITON_INTERPRET is read when Triton defines its kernels, so it is fixed too)."""
     try:
         triton_impl = leaf('triton')
     except Exception as exc:  # triton missing or broken: the PyTorch path still works

@@ -21,6 +21,7 @@ Every op takes contiguous inputs in the compute dtype (the public functions conv
 gradients that are not needed come back from ``aggregate_backward`` as empty tensors (an op's
 outputs cannot be ``None``) and are returned to autograd as ``None``.
 """
+import functools
 import importlib
 
 import torch
@@ -33,6 +34,7 @@ _LEAF_MODULES = {
 }
 
 
+@functools.lru_cache(maxsize=None)
 def leaf(impl):
     """The module implementing ``impl`` (imported on first use: Triton only when asked)."""
     try:
