@@ -1,10 +1,18 @@
 """Triton kernels of DCConv: clustering, aggregation forward and a deterministic backward.
 
 A leaf: it imports only ``torch`` and ``triton`` and knows nothing of the other paths. The
-caller (the op seam) validates the arguments, casts to the compute dtype (float32; float64
-for float64 inputs) and makes the tensors contiguous; see each function for what it expects.
+caller (the op seam) validates the arguments and passes:
 
-Contract (the same as every other path, see :mod:`mmdccnext.ops.cluster`):
+* tensors on one CUDA device (CPU tensors only under the interpreter), contiguous, floating
+  ones in the compute dtype - float32, or float64 for float64 inputs; float16 / bfloat16 are
+  upcast to float32 by the caller, and the results (in the compute dtype) cast back by it;
+* ``idx`` int64 with values in ``[0, N)`` - not checked here (a device-wide check would
+  synchronise); an index out of range reads out of bounds;
+* ``weight`` already cut to the ``Kc = idx.shape[-1]`` taps in use (``weight[:Kc]``).
+
+The functions raise ValueError on a wrong dtype, shape or layout rather than converting.
+
+Contract (the same as every other path; the op package :mod:`mmdccnext.ops` states it):
 
 * canonical squared distance by direct differences summed over the D sub-vector channels in
   increasing order, each operation rounded separately: every launch passes
@@ -22,11 +30,14 @@ columns in tiles of ``_CLUSTER_BLOCK_N``; the distance tile is built in register
 inside, sub-vectors transposed to (B, D, N) so both loads are contiguous) and merged into a
 running top-(Kc - 1) of the row, so there is no N x N buffer. float32: each candidate is one
 int64 key ``(distance bits << 32) | index`` (distance >= 0 or +inf, so its bits order like the
-value; keys are unique, so ordering needs no tie rule). The kept set is unsorted; a tile
-element replaces the kept maximum when it is smaller, the tile's elements being taken in
-ascending order and only as many times as the most populated row of the block has elements
-below its current maximum (after the first tiles that is usually zero or one), and the kept
-set is sorted once at the end. float64: the distance needs its 64 bits, so the same merge
+value; keys are unique, so ordering needs no tie rule). The patch itself never enters the
+merge (it is written first), so no key has to be forced to the minimum. The kept set is
+unsorted; a tile element replaces the kept maximum when it is smaller, the tile's elements
+being taken in ascending order and only as many times as the most populated row of the block
+has elements below its current maximum (few, once the kept set has settled), and the kept
+set is sorted once at the end (no ``tl.sort`` / ``tl.topk``: ``tl.topk`` returns values only
+and needs a power-of-two k; here the kept set has ``KP`` = next power of two slots, the ones
+past ``Kc - 1`` inert). float64: the distance needs its 64 bits, so the same merge
 runs on two keys (distance bits, index) compared lexicographically - the float64 case is
 handled here (exact), not routed elsewhere; it is slower and mainly for tests.
 
@@ -334,8 +345,9 @@ def cluster(s, kernel_size):
     _check(s.dim() == 3 and s.dtype in (torch.float32, torch.float64),
            f's must be (B, N, D) float32 / float64, got {tuple(s.shape)} {s.dtype}')
     B, N, D = s.shape
+    _check(B >= 1 and N >= 1 and D >= 1, f's must not be empty, got {tuple(s.shape)}')
+    _check(int(kernel_size) >= 1, f'kernel_size must be >= 1, got {kernel_size}')
     Kc = min(int(kernel_size), N)
-    _check(Kc >= 1, f'kernel_size must be >= 1, got {kernel_size}')
     _check(N < 2**31, 'the packed keys hold the index in 32 bits (N < 2**31)')
     out = torch.empty((B, N, Kc), dtype=torch.long, device=s.device)
     if Kc == 1:  # only the patch itself

@@ -7,8 +7,8 @@
   float64 brute force and the PyTorch path, forward bit-identical to the fixed-order loop,
   gradients against float64 and bit-identical between runs).
 * What a GPU would run, which the interpreter (numpy, never fused) cannot show: every launch
-  passes ``enable_fp_fusion=False``, and the kernels compiled ahead of time for sm_90 and
-  sm_80 from those launches hold no ``fma`` and no flush-to-zero arithmetic in their PTX.
+  passes ``enable_fp_fusion=False``, and the kernels compiled ahead of time for sm_90 from
+  those launches hold no ``fma`` and no flush-to-zero arithmetic in their PTX.
 """
 import importlib.util
 import json
@@ -155,10 +155,10 @@ def test_gpu_code_has_no_fma(compiled_leaf, monkeypatch, tmp_path):
             continue
         seen.add(key)
         options = {k: kwargs[k] for k in ('num_warps', 'enable_fp_fusion')}
-        for arch in (90, 80):  # H100 / H200 and A100
-            ptx = triton.compile(
-                src, target=GPUTarget('cuda', arch, 32), options=options).asm['ptx']
-            float_ops = re.findall(r'\b(?:add|sub|mul|fma)\.[a-z0-9.]*f(?:32|64)\b', ptx)
-            assert float_ops, f'{fn.__name__}: no float arithmetic found in the PTX'
-            bad = [op for op in float_ops if op.startswith('fma') or '.ftz' in op]
-            assert not bad, f'{fn.__name__} sm_{arch}: {sorted(set(bad))}'
+        # sm_90 (H100 / H200) only: contraction into FMA is decided by LLVM and ptxas
+        # whatever the architecture, and each compile costs seconds here
+        ptx = triton.compile(src, target=GPUTarget('cuda', 90, 32), options=options).asm['ptx']
+        float_ops = re.findall(r'\b(?:add|sub|mul|fma)\.[a-z0-9.]*f(?:32|64)\b', ptx)
+        assert float_ops, f'{fn.__name__}: no float arithmetic found in the PTX'
+        bad = [op for op in float_ops if op.startswith('fma') or '.ftz' in op]
+        assert not bad, f'{fn.__name__}: {sorted(set(bad))}'
