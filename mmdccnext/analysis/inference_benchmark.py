@@ -39,7 +39,6 @@ import torch
 
 from mmdccnext.deployment import backbone_module, export_module, ort_session
 from mmdccnext.models import optimize_for_inference
-from mmdccnext.ops import DCConv, cluster
 from mmdccnext.registry import MODELS
 from mmdccnext.utils.memory import proc_status, reset_peak_rss
 
@@ -197,52 +196,13 @@ def measure_memory(model, engine, setting, threads, onnx=None):
 # ------------------------------------------------------------------------------------
 # Where the time goes
 # ------------------------------------------------------------------------------------
-class _DCConvRanges:
-    """``record_function`` ranges around DCConv's clustering and aggregation, through public
-    API only: a forward pre-hook of every DCConv clusters with :func:`mmdccnext.ops.cluster`
-    (what ``DCConv.forward`` does when it is given no indices) inside one range and hands the
-    indices to ``forward(x, idx)``, which then only aggregates, inside the other."""
-
-    def __init__(self, model):
-        self.modules = [m for m in model.modules() if isinstance(m, DCConv)]
-        self.handles = []
-        self.open = {}
-
-    def _before(self, module, args, kwargs):
-        if len(args) != 1 or kwargs.get('idx') is not None:
-            return None  # indices given by the caller: nothing to time apart
-        x = args[0]
-        tokens = x if x.dim() == 3 else x.flatten(2).transpose(1, 2)
-        with torch.profiler.record_function('DCConv clustering'):
-            idx = cluster(tokens, module.kernel_size, module.subvector_stride, impl=module.impl)
-        aggregation = torch.profiler.record_function('DCConv aggregation')
-        aggregation.__enter__()
-        self.open[id(module)] = aggregation
-        return (x, ), dict(kwargs, idx=idx)
-
-    def _after(self, module, args, kwargs, output):
-        aggregation = self.open.pop(id(module), None)
-        if aggregation is not None:
-            aggregation.__exit__(None, None, None)
-
-    def __enter__(self):
-        for m in self.modules:
-            self.handles.append(m.register_forward_pre_hook(self._before, with_kwargs=True))
-            self.handles.append(m.register_forward_hook(self._after, with_kwargs=True))
-        return self
-
-    def __exit__(self, *exc):
-        for handle in self.handles:
-            handle.remove()
-        self.handles.clear()
-
-
 _OP_KINDS = {
     'aten::linear': 'Linear', 'aten::addmm': 'Linear', 'aten::mm': 'Linear',
     'aten::matmul': 'Linear', 'aten::layer_norm': 'LayerNorm',
     'aten::native_layer_norm': 'LayerNorm', 'aten::gelu': 'GELU', 'aten::gelu_': 'GELU',
     'aten::batch_norm': 'BatchNorm', 'aten::relu': 'ReLU', 'aten::relu_': 'ReLU',
-    'DCConv clustering': 'DCConv clustering', 'DCConv aggregation': 'DCConv aggregation'
+    # DCConv's torch.library ops (mmdccnext/ops/library.py) are profiler events of their own
+    'mmdccnext::cluster': 'DCConv clustering', 'mmdccnext::aggregate': 'DCConv aggregation'
 }
 _CONV_OPS = ('aten::conv2d', 'aten::convolution', 'aten::_convolution',
              'aten::mkldnn_convolution')
@@ -275,8 +235,7 @@ def time_breakdown(model, x):
     from torch.profiler import ProfilerActivity, profile
     with torch.inference_mode():
         model(x)  # warm-up
-        with _DCConvRanges(model), profile(activities=[ProfilerActivity.CPU],
-                                           record_shapes=True) as prof:
+        with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
             t0 = time.perf_counter()
             model(x)
             total = (time.perf_counter() - t0) * 1e3
