@@ -1,12 +1,8 @@
 """Benchmark DCConv: fused C++ path vs PyTorch path vs the naive composite.
 
-The naive composite is what one writes straight from the paper::
-
-    s = x[..., ::d];  dist = torch.cdist(s, s)            # (B, N, N)
-    idx = dist.topk(K, largest=False).indices              # (B, N, K)
-    y = (x[batch, idx] * W).sum(2) + b                     # gathers (B, N, K, C)
-
-(its clustering runs under ``torch.no_grad()``, so autograd does not keep the N x N matrix).
+The naive composite (``cdist`` -> ``topk`` -> gather -> weighted sum, straight from the paper)
+is :func:`mmdccnext.analysis.dcconv_naive.naive_dcconv`, shared with
+``tools/analysis/gpu_check.py``.
 
 All paths run in one process with the same thread count; every repetition times the paths
 one after the other (round robin), so load from other processes on a shared machine hits
@@ -42,21 +38,12 @@ import time
 
 import torch
 
+from mmdccnext.analysis.dcconv_naive import naive_dcconv
+
 DEFAULT_SHAPES = [(196, 320, 12), (49, 512, 18), (1024, 320, 12), (256, 512, 18), (4000, 320, 12),
                   (1000, 512, 18), (16000, 320, 12)]
 PATHS = ('cpu', 'pytorch', 'naive')
 ISAS = ('avx512', 'avx2', 'generic')
-
-
-def naive_dcconv(x, weight, bias, kernel_size, subvector_stride=8):
-    """The paper, written directly: cdist -> topk -> (B, N, K, C) gather -> weighted sum."""
-    B = x.shape[0]
-    with torch.no_grad():
-        s = x[..., ::subvector_stride]
-        dist = torch.cdist(s, s)
-        idx = dist.topk(kernel_size, dim=-1, largest=False).indices
-    gathered = x[torch.arange(B, device=x.device)[:, None, None], idx]
-    return (gathered * weight).sum(2) + bias
 
 
 def make_fn(path, kernel_size, subvector_stride=8):
@@ -65,7 +52,7 @@ def make_fn(path, kernel_size, subvector_stride=8):
         return lambda x, w, b: naive_dcconv(x, w, b, kernel_size, subvector_stride)
     from mmdccnext.ops import dcconv
     if path.startswith('cpu['):
-        from mmdccnext.ops.ext_loader import load_ext
+        from mmdccnext.ops.cpu_impl import load_ext
         ext, isa = load_ext(), path[4:-1]
 
         def run_isa(x, w, b):
@@ -78,7 +65,7 @@ def make_fn(path, kernel_size, subvector_stride=8):
 
 def isa_report():
     """(header line, ISAs this CPU runs) of the extension's ISA dispatch."""
-    from mmdccnext.ops.ext_loader import load_ext
+    from mmdccnext.ops.cpu_impl import load_ext
     ext = load_ext()
     features = ', '.join(f'{f} {"yes" if ok else "no"}' for f, ok in ext.cpu_features())
     supported = list(ext.supported_isas())
@@ -120,7 +107,7 @@ def child_memory(path, N, C, K, mode, threads):
     fn = make_fn(path, K)
     inputs = make_inputs(N, C, K)
     if path != 'naive':
-        from mmdccnext.ops import ext_available
+        from mmdccnext.ops.cpu_impl import ext_available
         if path.startswith('cpu') and not ext_available():
             return None
     # initialise thread pools, the autograd engine and lazy state on a tiny input first, so
@@ -214,7 +201,7 @@ def main(argv=None):
         return
 
     torch.set_num_threads(args.threads)
-    from mmdccnext.ops import ext_available
+    from mmdccnext.ops.cpu_impl import ext_available
     paths = [p for p in args.paths if p != 'cpu' or ext_available()]
     if 'cpu' in args.paths and 'cpu' not in paths:
         print('note: mmdccnext._ext is not built; the fused C++ path is skipped')
