@@ -3,14 +3,16 @@
 A leaf: it imports only ``torch`` and ``triton`` and knows nothing of the other paths. The
 caller (the op seam) validates the arguments and passes:
 
-* tensors on one CUDA device (CPU tensors only under the interpreter), contiguous, floating
-  ones in the compute dtype - float32, or float64 for float64 inputs; float16 / bfloat16 are
-  upcast to float32 by the caller, and the results (in the compute dtype) cast back by it;
+* tensors on one CUDA device (CPU tensors only under the interpreter), floating ones in the
+  compute dtype - float32, or float64 for float64 inputs; float16 / bfloat16 are upcast to
+  float32 by the caller, and the results (in the compute dtype) cast back by it. Contiguous
+  is best (the leaf calls ``.contiguous()``, a copy otherwise);
 * ``idx`` int64 with values in ``[0, N)`` - not checked here (a device-wide check would
   synchronise); an index out of range reads out of bounds;
-* ``weight`` already cut to the ``Kc = idx.shape[-1]`` taps in use (``weight[:Kc]``).
+* ``weight`` (K, C) with K >= ``Kc = idx.shape[-1]``; the taps past Kc are unused and their
+  gradient is zero (as in the C++ leaf).
 
-The functions raise ValueError on a wrong dtype, shape or layout rather than converting.
+The functions raise ValueError on a wrong dtype or shape rather than converting.
 
 Contract (the same as every other path; the op package :mod:`mmdccnext.ops` states it):
 
@@ -337,7 +339,8 @@ def _next_pow2(n):
 
 
 def cluster(s, kernel_size):
-    """Cluster indices of the sub-vectors ``s`` (B, N, D), float32 or float64, contiguous.
+    """Cluster indices of the sub-vectors ``s`` (B, N, D), float32 or float64 (any layout:
+    it is transposed to (B, D, N) here).
 
     Returns a LongTensor (B, N, min(K, N)): the patch itself, then its nearest others in
     ascending (canonical distance, index).
@@ -378,56 +381,47 @@ def _block_c(C):
 
 
 def _check_agg(x, idx, weight):
-    _check(x.dim() == 3 and x.dtype in (torch.float32, torch.float64) and x.is_contiguous(),
-           f'x must be contiguous (B, N, C) float32 / float64, got {tuple(x.shape)} {x.dtype}')
+    _check(x.dim() == 3 and x.dtype in (torch.float32, torch.float64),
+           f'x must be (B, N, C) float32 / float64, got {tuple(x.shape)} {x.dtype}')
     B, N, C = x.shape
-    _check(
-        idx.dtype == torch.int64 and idx.dim() == 3 and idx.shape[:2] == (B, N)
-        and idx.is_contiguous(), f'idx must be contiguous int64 (B, N, Kc), got '
-        f'{tuple(idx.shape)} {idx.dtype}')
+    _check(idx.dtype == torch.int64 and idx.dim() == 3 and idx.shape[:2] == (B, N),
+           f'idx must be int64 (B, N, Kc), got {tuple(idx.shape)} {idx.dtype}')
     Kc = idx.shape[-1]
+    # like the C++ leaf: weight may hold more taps than the Kc in use (N < K)
     _check(
-        weight.shape == (Kc, C) and weight.dtype == x.dtype and weight.is_contiguous(),
-        f'weight must be contiguous ({Kc}, {C}) {x.dtype}, got {tuple(weight.shape)} '
-        f'{weight.dtype}')
+        weight.dim() == 2 and weight.shape[0] >= Kc and weight.shape[1] == C
+        and weight.dtype == x.dtype, f'weight must be (K >= {Kc}, {C}) {x.dtype}, got '
+        f'{tuple(weight.shape)} {weight.dtype}')
     return B, N, C, Kc
 
 
 def aggregate_forward(x, idx, weight, bias):
     """``y = bias + sum_k W[k] * x[idx[..., k]]`` (B, N, C) in the dtype of ``x``.
 
-    ``x`` (B, N, C), ``idx`` (B, N, Kc) int64, ``weight`` (Kc, C), ``bias`` (C,) or None; all
-    contiguous, floating ones in one compute dtype (float32 / float64).
+    ``x`` (B, N, C), ``idx`` (B, N, Kc) int64, ``weight`` (K >= Kc, C) (taps past Kc
+    unused), ``bias`` (C,) or None; floating ones in one compute dtype (float32 / float64).
+    Made contiguous here if they are not (a no-op when they are).
     """
     B, N, C, Kc = _check_agg(x, idx, weight)
     if bias is not None:
-        _check(bias.shape == (C, ) and bias.dtype == x.dtype and bias.is_contiguous(),
-               f'bias must be contiguous ({C},) {x.dtype}, got {tuple(bias.shape)} {bias.dtype}')
+        _check(bias.shape == (C, ) and bias.dtype == x.dtype,
+               f'bias must be ({C},) {x.dtype}, got {tuple(bias.shape)} {bias.dtype}')
+        bias = bias.contiguous()
+    x, idx, weight = x.contiguous(), idx.contiguous(), weight.contiguous()
     y = torch.empty_like(x)
     grid = (triton.cdiv(N, _AGG_BLOCK_N), B)
     with _launch_ctx(x):
         _agg_fwd_kernel[grid](
-            x,
-            idx,
-            weight,
-            bias if bias is not None else x,
-            y,
-            N,
-            C,
-            Kc,
-            HAS_BIAS=bias is not None,
-            KP=_next_pow2(Kc),
-            BLOCK_N=_AGG_BLOCK_N,
-            BLOCK_C=_block_c(C),
-            num_warps=_NUM_WARPS,
-            enable_fp_fusion=False)
+            x, idx, weight, bias if bias is not None else x, y, N, C, Kc,
+            HAS_BIAS=bias is not None, KP=_next_pow2(Kc), BLOCK_N=_AGG_BLOCK_N,
+            BLOCK_C=_block_c(C), num_warps=_NUM_WARPS, enable_fp_fusion=False)  # yapf: disable
     return y
 
 
-def _sum_partials(part):
-    """Sum of ``part`` (P, ...) over its first dimension, in increasing order."""
+def _sum_partials(part, out):
+    """``out`` (R elements) = sum of ``part`` (P, R) over its first dimension, in increasing
+    order."""
     P = part.shape[0]
-    out = torch.empty(part.shape[1:], dtype=part.dtype, device=part.device)
     R = out.numel()
     grid = (triton.cdiv(R, _REDUCE_BLOCK), )
     _sum_partials_kernel[grid](
@@ -437,15 +431,19 @@ def _sum_partials(part):
 
 def aggregate_backward(grad_out, x, idx, weight, need_x, need_w, need_b):
     """Gradients of :func:`aggregate_forward`: ``(grad_x, grad_w, grad_b)``, None where not
-    needed. ``grad_out`` (B, N, C) contiguous, in the dtype of ``x``. Deterministic: no
-    atomics, every sum in a fixed order (bit-identical from run to run)."""
+    needed; ``grad_w`` has the shape of ``weight`` (zero past the Kc taps in use).
+    ``grad_out`` (B, N, C) in the dtype of ``x``. Deterministic: no atomics, every sum in a
+    fixed order (bit-identical from run to run)."""
     B, N, C, Kc = _check_agg(x, idx, weight)
     _check(
-        grad_out.shape == x.shape and grad_out.dtype == x.dtype and grad_out.is_contiguous(),
-        f'grad_out must be contiguous {tuple(x.shape)} {x.dtype}, got '
-        f'{tuple(grad_out.shape)} {grad_out.dtype}')
+        grad_out.shape == x.shape and grad_out.dtype == x.dtype,
+        f'grad_out must be {tuple(x.shape)} {x.dtype}, got {tuple(grad_out.shape)} '
+        f'{grad_out.dtype}')
+    grad_out, x, idx = grad_out.contiguous(), x.contiguous(), idx.contiguous()
+    weight = weight.contiguous()
     grad_x = grad_w = grad_b = None
     BC = _block_c(C)
+    nblk = triton.cdiv(N, _AGG_BLOCK_N)
     with _launch_ctx(x):
         if need_x:
             # inverse of idx: flat positions (b, n, k) sorted stably by the patch they read,
@@ -455,42 +453,20 @@ def aggregate_backward(grad_out, x, idx, weight, need_x, need_w, need_b):
             keys, order = torch.sort(target, stable=True)
             starts = torch.searchsorted(keys, torch.arange(B * N + 1, device=idx.device))
             grad_x = torch.empty_like(x)
-            _grad_x_kernel[(triton.cdiv(N, _AGG_BLOCK_N),
-                            B)](grad_out,
-                                weight,
-                                order,
-                                starts,
-                                grad_x,
-                                N,
-                                C,
-                                Kc,
-                                BLOCK_N=_AGG_BLOCK_N,
-                                BLOCK_C=BC,
-                                num_warps=_NUM_WARPS,
-                                enable_fp_fusion=False)
+            _grad_x_kernel[(nblk, B)](
+                grad_out, weight, order, starts, grad_x, N, C, Kc, BLOCK_N=_AGG_BLOCK_N,
+                BLOCK_C=BC, num_warps=_NUM_WARPS, enable_fp_fusion=False)  # yapf: disable
         if need_w or need_b:
-            nblk = triton.cdiv(N, _AGG_BLOCK_N)
             P = B * nblk
             pw = torch.empty((P, Kc, C), dtype=x.dtype, device=x.device) if need_w else x
             pb = torch.empty((P, C), dtype=x.dtype, device=x.device) if need_b else x
-            _agg_partials_kernel[(nblk,
-                                  B)](grad_out,
-                                      x,
-                                      idx,
-                                      pw,
-                                      pb,
-                                      N,
-                                      C,
-                                      Kc,
-                                      NEED_W=bool(need_w),
-                                      NEED_B=bool(need_b),
-                                      KP=_next_pow2(Kc),
-                                      BLOCK_N=_AGG_BLOCK_N,
-                                      BLOCK_C=BC,
-                                      num_warps=_NUM_WARPS,
-                                      enable_fp_fusion=False)
+            _agg_partials_kernel[(nblk, B)](
+                grad_out, x, idx, pw, pb, N, C, Kc, NEED_W=bool(need_w), NEED_B=bool(need_b),
+                KP=_next_pow2(Kc), BLOCK_N=_AGG_BLOCK_N, BLOCK_C=BC, num_warps=_NUM_WARPS,
+                enable_fp_fusion=False)  # yapf: disable
             if need_w:
-                grad_w = _sum_partials(pw)
+                grad_w = torch.zeros_like(weight)
+                _sum_partials(pw, grad_w[:Kc])  # rows 0 .. Kc - 1: contiguous
             if need_b:
-                grad_b = _sum_partials(pb)
+                grad_b = _sum_partials(pb, torch.empty((C, ), dtype=x.dtype, device=x.device))
     return grad_x, grad_w, grad_b

@@ -376,6 +376,38 @@ def c_agg_backward():
             f'{label}: need_b only')
 
 
+def c_agg_layouts():
+    # the seam may pass all K taps with N < K (Kc = N), and autograd a non-contiguous
+    # grad_out (the output of a (B, C, H, W) layer, transposed back): same results as with
+    # weight[:Kc] and contiguous tensors, and a zero gradient for the unused taps
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(2, 6, 10, generator=g)
+    idx = torch.randint(0, 6, (2, 6, 6), generator=g)
+    w = torch.randn(9, 10, generator=g)
+    b = torch.randn(10, generator=g)
+    go = torch.randn(2, 10, 6, generator=g).transpose(1, 2)
+    expect(not go.is_contiguous(), 'grad_out should be a non-contiguous view')
+    y = ti.aggregate_forward(x, idx, w, b)
+    expect(bit_equal(y, ti.aggregate_forward(x, idx, w[:6].contiguous(), b)), 'K > Kc forward')
+    expect(bit_equal(y, forward_reference(x, idx, w[:6], b)), 'K > Kc forward vs the loop')
+    gx, gw, gb = ti.aggregate_backward(go, x, idx, w, True, True, True)
+    cx, cw, cb = ti.aggregate_backward(go.contiguous(), x, idx, w[:6].contiguous(), True, True,
+                                       True)
+    expect(gw.shape == w.shape and bool((gw[6:] == 0).all()), 'grad of the unused taps')
+    expect(
+        bit_equal(gw[:6], cw) and bit_equal(gx, cx) and bit_equal(gb, cb),
+        'K > Kc / non-contiguous grad_out backward')
+    # non-contiguous x and idx (views) give the results of their contiguous copies
+    xt = torch.randn(2, 10, 6, generator=g).transpose(1, 2)
+    it = idx.transpose(1, 2).contiguous().transpose(1, 2)
+    expect(
+        bit_equal(
+            ti.aggregate_forward(xt, it, w, b), ti.aggregate_forward(xt.contiguous(), idx, w, b)),
+        'non-contiguous x, idx')
+    st = torch.randn(2, 4, 6, generator=g).transpose(1, 2)
+    expect(torch.equal(ti.cluster(st, 4), ti.cluster(st.contiguous(), 4)), 'non-contiguous s')
+
+
 def c_available():
     ok, reason = ti.available()
     expect(ok and 'interpreter' in reason, f'available() = {(ok, reason)}')
@@ -391,6 +423,7 @@ CHECKS = {
     'cluster_from_half': c_half,
     'aggregate_forward': c_agg_forward,
     'aggregate_backward': c_agg_backward,
+    'aggregate_layouts': c_agg_layouts,
     'available': c_available,
 }
 
