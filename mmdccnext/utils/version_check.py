@@ -27,17 +27,22 @@ def check_mmcv(version=None, has_ops=None, require_ops=True):
         require_ops (bool): also require the compiled ops (MMDetection's and
             MMSegmentation's models need them; the backbone does not).
     """
+    # the backbone and DCConv need only mmcv.cnn: mmcv-lite (no compiled ops) is enough for
+    # them (tools/analysis/gpu_bundle.sh ships it); detection and segmentation need the ops
+    kind = ('(full, with ops)' if require_ops else
+            '(mmcv-lite is enough for the backbone and DCConv; detection and segmentation need '
+            'the full mmcv with ops)')
     if version is None:
         try:
             mmcv = importlib.import_module('mmcv')
         except ImportError as exc:
             raise ImportError(
-                f'mmdccnext needs mmcv>={MMCV_MIN},<{MMCV_MAX} (full, with ops), but mmcv '
+                f'mmdccnext needs mmcv>={MMCV_MIN},<{MMCV_MAX} {kind}, but mmcv '
                 f'cannot be imported ({exc}). {_HOW_TO_INSTALL}') from None
         version = mmcv.__version__
     if not (digit_version(MMCV_MIN) <= digit_version(version) < digit_version(MMCV_MAX)):
         raise ImportError(
-            f'mmdccnext needs mmcv>={MMCV_MIN},<{MMCV_MAX} (full, with ops); found mmcv '
+            f'mmdccnext needs mmcv>={MMCV_MIN},<{MMCV_MAX} {kind}; found mmcv '
             f'{version}. {_HOW_TO_INSTALL}')
     if not require_ops:
         return
