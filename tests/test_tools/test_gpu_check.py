@@ -1,0 +1,142 @@
+"""tools/analysis/gpu_check.py: its float64 reference and comparisons, its CPU memory meter,
+and (slow) the whole ``--device cpu`` run, whose output must say that the paths agree."""
+import importlib.util
+import math
+import os
+import os.path as osp
+import re
+import subprocess
+import sys
+
+import pytest
+import torch
+
+REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+SCRIPT = osp.join(REPO, 'tools', 'analysis', 'gpu_check.py')
+
+
+def load_tool():
+    spec = importlib.util.spec_from_file_location('gpu_check', SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+gpu_check = load_tool()
+
+
+def line_tokens(values, C=16):
+    """(1, N, C) tokens whose sub-vectors (stride 8) are ``values`` (channel 0) and 3 (channel
+    8); the other channels are noise the clustering must not see."""
+    x = torch.randn(1, len(values), C)
+    x[0, :, 0] = torch.tensor(values)
+    x[0, :, 8] = 3.
+    return x
+
+
+def test_reference_follows_the_contract():
+    # p3 duplicates p1; p4 is NaN: every distance to it is +inf
+    x = line_tokens([0., 1., -1., 1., math.nan])
+    idx = gpu_check.reference_cluster(x, 4)
+    assert idx.tolist() == [[
+        [0, 1, 2, 3],  # three at distance 1: ties to the lower index
+        [1, 3, 0, 2],  # the duplicate (distance 0) right after the centre
+        [2, 0, 1, 3],
+        [3, 1, 0, 2],  # centre first although p1 is at distance 0 too
+        [4, 0, 1, 2],  # all others at +inf: by index
+    ]]
+    # N < K: all N patches
+    assert gpu_check.reference_cluster(x[:, :3], 12).shape == (1, 3, 3)
+
+
+def test_reference_matches_the_op():
+    from mmdccnext.ops import cluster
+    gen = torch.Generator().manual_seed(0)
+    x = gpu_check.make_tokens('dyadic', 2, 300, 64, gen, torch.device('cpu'))
+    assert torch.equal(gpu_check.reference_cluster(x, 12), cluster(x, 12, impl='pytorch'))
+
+
+def test_compare_indices_counts_wrong_and_near_tie_rows():
+    # p1 and p2 are a near-tie from p0 (1 vs 1 + 1e-7); p3 is far
+    x = line_tokens([0., 1., -(1. + 5e-8), 5.])
+    ref = gpu_check.reference_cluster(x, 3)
+    assert ref[0, 0].tolist() == [0, 1, 2]
+    assert gpu_check.compare_indices(x, ref, ref, near_ties=True) == (4, 0, 0, 4)
+    near = ref.clone()
+    near[0, 0] = torch.tensor([0, 2, 1])  # the near-tie swapped: float32 could order it so
+    assert gpu_check.compare_indices(x, near, ref, near_ties=True) == (3, 1, 0, 4)
+    assert gpu_check.compare_indices(x, near, ref, near_ties=False) == (3, 0, 1, 4)
+    far = ref.clone()
+    far[0, 0] = torch.tensor([0, 1, 3])  # a far patch instead of a near one: wrong
+    assert gpu_check.compare_indices(x, far, ref, near_ties=True) == (3, 0, 1, 4)
+    centre = ref.clone()
+    centre[0, 0] = torch.tensor([1, 0, 2])  # the centre not first: wrong
+    assert gpu_check.compare_indices(x, centre, ref, near_ties=True) == (3, 0, 1, 4)
+
+
+def test_check_case_fails_a_path_that_returns_wrong_clusters(monkeypatch, capsys):
+    import mmdccnext.ops as ops
+    real = ops.dcconv
+
+    def shifted(x, weight, bias, **kwargs):  # right aggregation, wrong clusters
+        out, idx = real(x, weight, bias, **kwargs)
+        idx = idx.roll(1, dims=1)
+        return real(x, weight, bias, idx=idx, **dict(kwargs, return_indices=False)), idx
+
+    monkeypatch.setattr(ops, 'dcconv', shifted)
+    case = gpu_check.Case('dyadic', 1, 50, 16, 4, 'dyadic', ('fp32', ))
+    failures = gpu_check.check_case(case, 'fp32', ('pytorch', ), torch.device('cpu'),
+                                    torch.Generator().manual_seed(0))
+    assert failures == 1
+    assert 'WRONG' in capsys.readouterr().out
+
+
+@pytest.mark.skipif(not sys.platform.startswith('linux'), reason='/proc/self/status')
+def test_cpu_peak_memory_sees_an_allocation():
+    gpu_check.pin_mmap_threshold()
+    n = 40 * 2**20 // 4
+
+    def fn():
+        a = torch.ones(n)
+        del a
+        torch.ones(n // 4)  # a smaller second peak must not hide the first
+
+    peak = gpu_check.peak_memory(fn, torch.device('cpu'))
+    assert 38 * 2**20 < peak < 48 * 2**20
+
+
+@pytest.mark.slow
+def test_cpu_run_end_to_end():
+    from mmdccnext.ops import available_impls
+    impls = available_impls('cpu')
+    env = dict(os.environ, OMP_NUM_THREADS='1')
+    proc = subprocess.run([sys.executable, SCRIPT, '--device', 'cpu', '--threads', '1'],
+                          cwd=REPO,
+                          env=env,
+                          capture_output=True,
+                          text=True,
+                          timeout=1500)
+    out = proc.stdout
+    assert proc.returncode == 0, out[-3000:] + proc.stderr[-3000:]
+    assert 'SKIPPED' not in out and 'FAIL' not in out and 'DISAGREE' not in out, out
+    runs = int(re.search(r'RESULT correctness: PASS: (\d+) case/mode runs', out).group(1))
+    for impl in impls:
+        assert len(re.findall(rf'^ +{impl} vs float64: .* -> OK$', out, re.M)) == runs
+    for impl in impls[1:]:
+        assert len(re.findall(rf'^ +{impl} vs {impls[0]}: idx identical.* -> agree$', out,
+                              re.M)) == runs
+    for N in (500, 2000):
+        for path in impls + ('naive', ):
+            assert re.search(rf'^\| 2 \| {N} \| 320 \| 12 \| {path} \| [0-9.]+ \|', out, re.M)
+    for section in ('train', 'compile'):
+        for setting in ('32x32 b2', '64x48 b1'):
+            assert re.search(rf'^RESULT {section} {setting}: DCCNeXt-B2 / ConvNeXt-T images/s '
+                             r'[0-9.]+, peak memory [0-9.]+$', out, re.M), out
+
+
+def test_mmcv_message_without_ops_names_mmcv_lite():
+    # the GPU bundle ships mmcv-lite: a wrong version must not be reported as "needs ops"
+    from mmdccnext.utils import check_mmcv
+    check_mmcv(version='2.1.0', has_ops=False, require_ops=False)  # what `import mmdccnext` runs
+    with pytest.raises(ImportError, match='mmcv-lite is enough for the backbone'):
+        check_mmcv(version='2.2.0', require_ops=False)
