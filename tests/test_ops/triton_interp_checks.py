@@ -194,6 +194,10 @@ def c_random_fp32():
         check_cluster(sub(randn(1, 45, 13, seed=2), 1), 5, label='N=45 D=13 K=5')
     # default blocks (32 x 64): N = 100 is one full and one partial column tile
     check_cluster(sub(randn(1, 100, 40, seed=3), 8), 12, label='default blocks N=100 K=12')
+    # B2's per-stage shape in small: C = 320 (D = 40), K = 12, with twins, default blocks
+    x = randn(1, 300, 320, seed=4)
+    x[0, 150:200] = x[0, :50]
+    check_cluster(sub(x, 8), 12, label='N=300 C=320 K=12 with twins')
 
 
 def c_ties():
