@@ -85,6 +85,27 @@ def test_available_says_why_not(compiled_leaf):
     assert not ok and 'no CUDA' in reason and 'TRITON_INTERPRET=1' in reason
 
 
+def test_auto_on_cuda_without_triton_takes_pytorch_and_says_so(monkeypatch):
+    if torch.cuda.is_available():
+        pytest.skip('this machine has CUDA: Triton may run, so the fallback is not reachable')
+    dcconv_mod = importlib.import_module('mmdccnext.ops.dcconv')
+    said = []
+    monkeypatch.setattr(dcconv_mod, 'print_log', lambda msg, **kwargs: said.append(msg))
+    monkeypatch.setattr(dcconv_mod, '_logged', set())
+    monkeypatch.delenv(dcconv_mod.ENV_IMPL, raising=False)
+    dcconv_mod._triton_status.cache_clear()
+    try:
+        with _env_without_interpreter():
+            assert dcconv_mod._resolve('auto', 'cuda') == 'pytorch'
+            assert dcconv_mod._resolve('auto', 'cuda') == 'pytorch'
+            with pytest.raises(RuntimeError, match="impl='triton' cannot run: .*no CUDA"):
+                dcconv_mod._resolve('triton', 'cuda')
+    finally:
+        dcconv_mod._triton_status.cache_clear()
+    assert len(said) == 1, said  # one line, not one per call
+    assert 'runs the pytorch path' in said[0] and 'no CUDA' in said[0]
+
+
 class _Recorder:
     """Stands in for a JIT kernel: records (kernel, args, kwargs) of each launch."""
 

@@ -417,6 +417,36 @@ def c_available():
     expect(ok and 'interpreter' in reason, f'available() = {(ok, reason)}')
 
 
+def c_seam():
+    # the leaf wired in: dcconv(impl='triton') through the torch.library ops, against the
+    # PyTorch path; 'auto' on CUDA tensors picks Triton once Triton can run
+    from mmdccnext.ops import available_impls, dcconv
+    dcconv_mod = importlib.import_module('mmdccnext.ops.dcconv')  # the attribute is the function
+    expect('triton' in available_impls('cpu'), f'available_impls = {available_impls("cpu")}')
+    expect(dcconv_mod._resolve('auto', 'cuda') == 'triton', "'auto' on CUDA is not triton")
+    g = torch.Generator().manual_seed(5)
+    for dtype in (torch.float32, torch.float64, torch.bfloat16):
+        x = torch.randn(2, 40, 24, generator=g).to(dtype)
+        w = (torch.randn(7, 24, generator=g) * .1).to(dtype)
+        b = torch.randn(24, generator=g).to(dtype)
+        outs, grads = [], []
+        for impl in ('triton', 'pytorch'):
+            xs, ws, bs = (t.clone().requires_grad_() for t in (x, w, b))
+            y, idx = dcconv(xs, ws, bs, impl=impl, return_indices=True)
+            y.float().pow(2).sum().backward()
+            outs.append((y.detach(), idx))
+            grads.append((xs.grad, ws.grad, bs.grad))
+        expect(torch.equal(outs[0][1], outs[1][1]), f'{dtype}: indices differ from pytorch')
+        expect(torch.equal(outs[0][0], outs[1][0]), f'{dtype}: outputs differ from pytorch')
+        for a, e in zip(*grads):
+            expect(torch.allclose(a.double(), e.double(), rtol=1e-5, atol=1e-5),
+                   f'{dtype}: gradients differ from pytorch')
+    x = torch.randn(1, 12, 8, generator=g, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(5, 8, generator=g, dtype=torch.float64, requires_grad=True)
+    expect(torch.autograd.gradcheck(lambda x, w: dcconv(x, w, impl='triton'), (x, w)),
+           'gradcheck through the seam')
+
+
 CHECKS = {
     'cluster_random_fp32': c_random_fp32,
     'cluster_ties_and_duplicates': c_ties,
@@ -429,6 +459,7 @@ CHECKS = {
     'aggregate_backward': c_agg_backward,
     'aggregate_layouts': c_agg_layouts,
     'available': c_available,
+    'seam': c_seam,
 }
 
 
