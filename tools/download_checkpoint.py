@@ -12,6 +12,7 @@ import argparse
 import sys
 
 from mmdccnext.apis import NoWeightsError, fetch_checkpoint, load_model_index
+from mmdccnext.apis.zoo import UnknownModelError
 
 
 def parse_args(argv=None):
@@ -34,7 +35,7 @@ def main(argv=None):
         return
     try:
         print(fetch_checkpoint(args.source, cache_dir=args.dest, progress=not args.no_progress))
-    except NoWeightsError as error:
+    except (NoWeightsError, UnknownModelError) as error:  # the user's input: no traceback
         sys.exit(str(error))
 
 

@@ -9,7 +9,9 @@ from mmdccnext.apis import test_from_args
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description='Test (evaluate) a DCCNeXt model')
     parser.add_argument('config', help='test config file path')
-    parser.add_argument('checkpoint', help='checkpoint file, URL or zoo name')
+    parser.add_argument(
+        'checkpoint',
+        help='checkpoint: a file, an http(s) URL, or a model-zoo name (zoo://<name> or <name>)')
     parser.add_argument('--work-dir', help='directory for the evaluation logs')
     parser.add_argument('--show-dir', help='write pictures of the predictions here')
     parser.add_argument('--out', help='dump the raw predictions to this pickle file')

@@ -2,22 +2,37 @@
 
 Files land in ``$TORCH_HOME/hub/checkpoints`` (``torch.hub.get_dir()``), the cache torch.hub
 and MMEngine use, under the file name of the URL. Published checkpoints are named
-``<name>_<YYYYMMDD>-<sha256[:8]>.pth`` (``tools/model_converters/publish_model.py``); that
-hash, or a full sha256 from the model index, is checked after every download and on every
-cache hit, so a file is only ever used when its hash matches. A download goes to a temporary
-file next to its destination and is renamed into place only when it is complete (as long as
-the server announced) and verified: an interrupted or corrupted transfer never leaves a file
-that looks complete. Dropped connections and HTTP 5xx are retried a bounded number of times;
-a 4xx is final. A cached, verified file is used without any network access.
+``<name>_<YYYYMMDD>-<sha256[:8]>.pth`` (``tools/model_converters/publish_model.py``), the
+``name-<sha256 prefix>`` convention of ``torch.hub.load_state_dict_from_url(check_hash=True)``;
+that hash, or a full sha256 from the model index, is checked after every download and on every
+cache hit, so a file is only ever used when its hash matches.
+
+A download goes to one fixed temporary file per target, ``.<name>.partial`` beside it, which
+a new attempt overwrites and a failed one removes (leftovers of interrupted downloads of
+earlier versions, ``<name>.<hex>.partial``, are removed when the file is next downloaded), and
+is renamed into place only when verified: its sha256 when one is known; else its length
+against the Content-Length the server announced; and when the server announced none either
+(so a connection closed early would look like the end of the file), by loading it as a
+checkpoint (``weights_only=True``) before it is cached. Dropped connections, short bodies and
+HTTP 5xx are retried a bounded number of times; a 4xx is final. A cached file is used without
+any network access.
+
+Why this is not a layer over ``torch.hub.download_url_to_file``: its temporary file is
+``<dst>.<uuid4>.partial`` (a new name per attempt, never removed after a kill: the pile-up
+this module avoids), it does not compare the bytes received with Content-Length (a transfer
+cut short is renamed into place unless a hash is given), it opens the URL without a timeout
+(a server that stops sending hangs it forever) and it has no retries; with those replaced
+nothing of it would remain. The hash convention is the same, so files cached by either are
+shared.
 
 Checkpoints from the network are unpickled with ``weights_only=True`` and nothing
 allow-listed: tensors and plain containers only.
 """
+import glob
 import hashlib
 import http.client
 import os
 import os.path as osp
-import pickle
 import re
 import time
 import urllib.error
@@ -29,14 +44,16 @@ from mmengine.dist import barrier, get_dist_info
 from mmengine.logging import print_log
 from mmengine.runner.checkpoint import CheckpointLoader
 
-from mmdccnext.utils.fileio import atomic_open
+from mmdccnext.utils.checkpoint import CheckpointError, diagnose_checkpoint_file, torch_load_checked
+from mmdccnext.utils.fileio import atomic_path
 
 # Model-zoo files are fetched from `<this base URL>/<file name>` when it is set.
 MIRROR_ENV = 'MMDCCNEXT_MODEL_ZOO_MIRROR'
 DEFAULT_RETRIES = 3
 DEFAULT_TIMEOUT = 60.  # seconds without data before a connection counts as dropped
 _CHUNK = 1 << 20
-# `..._20250101-0123abcd.pth`: the hex after the last dash is a sha256 prefix
+# `..._20250101-0123abcd.pth`: the hex after the last dash is a sha256 prefix (torch.hub's
+# convention; stricter than its HASH_REGEX, which also takes 0 to 7 hex digits as a hash)
 _HASH_IN_NAME = re.compile(r'-([0-9a-f]{8,64})\.[A-Za-z0-9]+$')
 
 
@@ -109,7 +126,7 @@ def download_checkpoint(url, sha256=None, cache_dir=None, progress=True,
         url (str): http(s) URL of the checkpoint.
         sha256 (str, optional): its full sha256 (or a prefix); by default the hash in the
             file name, if it has one. Without either, the file is checked for completeness
-            only.
+            only: its length against Content-Length or, without that header, by loading it.
         cache_dir (str, optional): default ``$TORCH_HOME/hub/checkpoints``.
         progress (bool): show a progress bar on stderr.
         retries (int): attempts before giving up on dropped connections and HTTP 5xx.
@@ -125,14 +142,22 @@ def download_checkpoint(url, sha256=None, cache_dir=None, progress=True,
     path = osp.join(cache_dir, url_file_name(url))
     if osp.isfile(path):
         if expected is None:
-            return path  # only complete transfers are ever renamed into place
-        actual = sha256_of_file(path)
-        if actual.startswith(expected):
+            # only verified transfers are renamed into place, but an earlier version cached
+            # a transfer cut short when the server sent no Content-Length
+            damage = diagnose_checkpoint_file(path)
+            if damage is None:
+                return path
+            print_log(f'{path} in the checkpoint cache is damaged ({damage}): removing it and '
+                      'downloading again', logger='current', level=30)
+            os.remove(path)
+        elif (actual := sha256_of_file(path)).startswith(expected):
             return path
-        # Not one of ours (we only rename verified files): never use it, fetch it again.
-        print_log(f'{path} in the checkpoint cache has sha256 {actual}, expected {expected}: '
-                  'removing it and downloading again', logger='current', level=30)
-        os.remove(path)
+        else:
+            # Not one of ours (we only rename verified files): never use it, fetch it again.
+            print_log(f'{path} in the checkpoint cache has sha256 {actual}, expected '
+                      f'{expected}: removing it and downloading again', logger='current',
+                      level=30)
+            os.remove(path)
 
     last_error = None
     for attempt in range(1, retries + 1):
@@ -151,11 +176,23 @@ def download_checkpoint(url, sha256=None, cache_dir=None, progress=True,
         f'${MIRROR_ENV}; a file downloaded by other means can be passed as a local path.')
 
 
+def _remove_old_partials(path):
+    """Temporary files of interrupted downloads by earlier versions (one per attempt):
+    ``.<name>.<hex>.partial`` (ours) and ``<name>.<hex>.partial`` (torch.hub's)."""
+    head, name = osp.split(path)
+    for pattern in (f'.{glob.escape(name)}.*.partial', f'{glob.escape(name)}.*.partial'):
+        for leftover in glob.glob(osp.join(head, pattern)):
+            if re.fullmatch(r'[0-9a-f]{8,32}', leftover.rsplit('.', 2)[-2]):
+                os.remove(leftover)
+
+
 def _download_once(url, path, expected, progress, timeout):
     request = urllib.request.Request(url, headers={'User-Agent': 'mmdccnext'})
-    # `<name>.<random>.partial` beside the cached file, renamed onto it only when the
-    # transfer is complete and verified; removed on any error
-    with atomic_open(path, 'wb', suffix='.partial') as out:
+    _remove_old_partials(path)
+    # `.<name>.partial`: the same name for every attempt (an attempt killed with SIGKILL
+    # leaves it, the next one overwrites it); renamed onto the cached file only when the
+    # transfer is verified, removed on any error
+    with atomic_path(path, unique=False, suffix='.partial') as tmp:
         try:
             response = urllib.request.urlopen(request, timeout=timeout)
         except urllib.error.HTTPError as error:
@@ -167,7 +204,7 @@ def _download_once(url, path, expected, progress, timeout):
             raise DownloadError(f'{message}: {hint}') from error
         except (urllib.error.URLError, OSError, http.client.HTTPException) as error:
             raise _Transient(f'cannot connect: {getattr(error, "reason", error)}') from error
-        with response:
+        with response, open(tmp, 'wb') as out:
             total = response.headers.get('Content-Length')
             total = int(total) if total and total.isdigit() else None
             digest, received = _copy_with_progress(response, out, total, progress,
@@ -178,6 +215,14 @@ def _download_once(url, path, expected, progress, timeout):
             raise ChecksumError(
                 f'{url}: sha256 of the downloaded file is {digest}, expected {expected}; the '
                 'file is corrupted or is not the published checkpoint, so it was not kept')
+        if expected is None and total is None:
+            # nothing says where the file ends: only a checkpoint that loads is complete
+            try:
+                torch_load_checked(tmp, map_location='cpu')
+            except CheckpointError as error:
+                raise _Transient(
+                    f'the server sent {received} bytes without Content-Length and the URL has '
+                    f'no sha256, and they do not load as a checkpoint: {error}') from None
 
 
 def _copy_with_progress(response, out, total, progress, label):
@@ -191,13 +236,14 @@ def _copy_with_progress(response, out, total, progress, label):
         task = bar.add_task(label, total=total)
         while True:
             try:
-                chunk = response.read(_CHUNK)
+                chunk = response.read1(_CHUNK)  # what has arrived, not a full chunk
             except (OSError, http.client.HTTPException) as error:  # reset, timeout, ...
                 raise _Transient(f'connection dropped after {received} bytes: {error!r}') \
                     from error
             if not chunk:
                 break
             out.write(chunk)
+            out.flush()  # on disk as it arrives (what a kill leaves is what came)
             digest.update(chunk)
             received += len(chunk)
             bar.update(task, advance=len(chunk))
@@ -205,14 +251,13 @@ def _copy_with_progress(response, out, total, progress, label):
 
 
 def load_downloaded_checkpoint(path, map_location=None):
-    """``torch.load`` a file that came from the network: tensors and plain containers only."""
+    """Load a file that came from the network: tensors and plain containers only, any
+    failure one :class:`~mmdccnext.utils.checkpoint.CheckpointError` naming the file."""
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as error:
-        raise pickle.UnpicklingError(
-            f'{path} came from the network and holds more than tensors and plain containers, '
-            f'so it is not loaded (weights_only=True). Publish checkpoints with '
-            f'tools/model_converters/publish_model.py. torch says: {error}') from error
+        return torch_load_checked(path, map_location)
+    except CheckpointError as error:
+        raise CheckpointError(f'{error} (it came from the network; publish checkpoints with '
+                              f'tools/model_converters/publish_model.py)') from None
 
 
 def load_checkpoint_from_url(url, map_location=None, sha256=None, cache_dir=None,

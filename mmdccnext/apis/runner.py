@@ -3,17 +3,23 @@
 The task is the config's ``default_scope`` (mmpretrain, mmdet or mmseg); MMEngine's Runner
 builds everything from the matching registries.
 """
+import glob
+import logging
 import os
 import os.path as osp
+import re
 
 from mmengine.config import Config
 from mmengine.logging import print_log
+from mmengine.model import is_model_wrapper
 from mmengine.registry import RUNNERS
-from mmengine.runner import Runner
+from mmengine.runner import Runner, find_latest_checkpoint
 
+from mmdccnext.utils.checkpoint import CheckpointError, diagnose_checkpoint_file
 from mmdccnext.utils.version_check import check_mmcv
 from .data_check import check_data_roots
 from .dist import setup_cpu_distributed
+from .zoo import ZOO_PREFIX, UnknownModelError, lookup
 
 TASKS = ('mmpretrain', 'mmdet', 'mmseg')
 
@@ -61,13 +67,50 @@ def prepare_runner(cfg, args, loaders):
     return Runner.from_cfg(cfg)
 
 
+def _step(path):
+    match = re.fullmatch(r'(?:epoch|iter)_(\d+)\.pth', osp.basename(path))
+    return int(match.group(1)) if match else None
+
+
+def resume_checkpoint(work_dir):
+    """The checkpoint ``--resume`` continues from: the one ``last_checkpoint`` names or,
+    when that one is missing or damaged, the newest complete ``epoch_*``/``iter_*`` checkpoint
+    beside it (with a warning saying so). None when the work dir has no ``last_checkpoint``
+    (training starts from the beginning, as MMEngine does); :class:`CheckpointError` when
+    no checkpoint there is complete."""
+    latest = find_latest_checkpoint(work_dir)
+    if latest is None:
+        return None
+    folder = osp.dirname(latest)
+    others = sorted((p for p in glob.glob(osp.join(folder, '*.pth'))
+                     if _step(p) is not None and p != latest), key=_step, reverse=True)
+    damaged = []
+    for path in [latest, *others]:
+        reason = diagnose_checkpoint_file(path) if osp.isfile(path) else 'the file is missing'
+        if reason is None:
+            if not damaged:
+                print_log(f'--resume: resuming from {path}', logger='current')
+            else:
+                print_log(f'--resume: the latest checkpoint {latest} (named by '
+                          f'{osp.join(work_dir, "last_checkpoint")}) is damaged: {damaged[0][1]}; '
+                          f'resuming from {path}, the newest complete checkpoint in {folder}',
+                          logger='current', level=logging.WARNING)
+            return path
+        damaged.append((path, reason))
+    raise CheckpointError(
+        f'--resume: no complete checkpoint in {folder} to resume from: '
+        + '; '.join(f'{path}: {reason}' for path, reason in damaged)
+        + '. Keeping more than one (default_hooks.checkpoint.max_keep_ckpts) leaves an older '
+        'one to fall back to; otherwise start again without --resume.')
+
+
 def train_from_args(args):
     cfg = load_config(args.config, args.cfg_options, args.work_dir, args.launcher)
     if args.amp:
         enable_amp(cfg)
     if args.resume == 'auto':
         cfg.resume = True
-        cfg.load_from = None
+        cfg.load_from = resume_checkpoint(cfg.work_dir)
     elif args.resume is not None:
         cfg.resume = True
         cfg.load_from = args.resume
@@ -105,13 +148,49 @@ def add_dump_metric(cfg, out):
         cfg.test_evaluator = [evaluator, dump]
 
 
+def checkpoint_source(checkpoint):
+    """A file, an http(s) or ``zoo://`` URL, or a bare model-zoo name (made ``zoo://``)."""
+    if osp.isfile(checkpoint) or '://' in checkpoint:
+        return checkpoint
+    try:
+        lookup(checkpoint)
+    except UnknownModelError as error:
+        raise FileNotFoundError(f'checkpoint: {checkpoint!r} is no file, no URL and no '
+                                f'model-zoo name ({error})') from None
+    return ZOO_PREFIX + checkpoint
+
+
+def check_key_match(model, checkpoint, source):
+    """Refuse a checkpoint none of whose keys are the model's (its score would be that of
+    random weights); warn with the share matched when some of the model's are missing."""
+    state = checkpoint.get('state_dict', checkpoint) if isinstance(checkpoint, dict) else {}
+    keys = {re.sub(r'^module\.', '', k) for k in state}  # as MMEngine's revise_keys
+    model = model.module if is_model_wrapper(model) else model
+    wanted = set(model.state_dict())
+    matched = keys & wanted
+    if not matched:
+        raise ValueError(
+            f'checkpoint {source}: none of its {len(keys)} keys (e.g. {sorted(keys)[:3]}) is a '
+            f'key of the model ({len(wanted)} keys, e.g. {sorted(wanted)[:3]}): it is not a '
+            f'checkpoint of this config, and testing it would score random weights')
+    missing = sorted(wanted - keys)
+    if missing:
+        print_log(f'checkpoint {source} has {len(matched)} of the model\'s {len(wanted)} keys '
+                  f'({len(matched) / len(wanted):.1%}); the others keep their initial values, '
+                  f'e.g. {missing[:5]}', logger='current', level=logging.WARNING)
+    return len(matched) / len(wanted)
+
+
 def test_from_args(args):
     cfg = load_config(args.config, args.cfg_options, args.work_dir, args.launcher)
-    cfg.load_from = args.checkpoint
+    source = checkpoint_source(args.checkpoint)
+    cfg.load_from = None  # loaded below, so that its keys can be checked
     cfg.resume = False
     if args.show_dir:
         enable_show_dir(cfg, args.show_dir)
     if args.out:
         add_dump_metric(cfg, args.out)
     runner = prepare_runner(cfg, args, ('test_dataloader', ))
+    checkpoint = runner.load_checkpoint(source, map_location='cpu')
+    check_key_match(runner.model, checkpoint, source)
     return runner.test()

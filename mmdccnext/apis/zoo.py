@@ -29,6 +29,13 @@ class NoWeightsError(FileNotFoundError):
     """The model-zoo entry exists, but no checkpoint of it has been released."""
 
 
+class UnknownModelError(KeyError):
+    """No model-zoo entry has this name; the message lists the known ones."""
+
+    def __str__(self):  # KeyError's own repr-quotes the message
+        return str(self.args[0])
+
+
 def model_index_file():
     """``$MMDCCNEXT_MODEL_INDEX``, else the source checkout's ``model-index.yml``, else the
     copy packaged in ``mmdccnext/.mim`` (``pip install .``, as ``mim`` expects it)."""
@@ -80,8 +87,8 @@ def lookup(name, index_file=None):
     name = name[len(ZOO_PREFIX):] if name.startswith(ZOO_PREFIX) else name
     models = load_model_index(index_file)
     if name not in models:
-        raise KeyError(f'{ZOO_PREFIX}{name}: no model of that name in the model zoo; known '
-                       f'names: {", ".join(sorted(models))}')
+        raise UnknownModelError(f'{ZOO_PREFIX}{name}: no model of that name in the model zoo; '
+                                f'known names: {", ".join(sorted(models))}')
     return models[name]
 
 
@@ -102,8 +109,8 @@ def find_entry(name_or_config, index_file=None):
                  if osp.basename(m.get('Config', '')) == osp.basename(name_or_config)]
     if len(same_name) == 1:
         return same_name[0]
-    raise KeyError(f'{name_or_config}: no model-zoo entry has this config (see '
-                   f'{index_file} and the metafiles it imports)')
+    raise UnknownModelError(f'{name_or_config}: no model-zoo entry has this config (see '
+                            f'{index_file} and the metafiles it imports)')
 
 
 def weights_of(entry):

@@ -124,9 +124,20 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             return
         self.send_response(200)
         self.send_header('Content-Type', 'application/octet-stream')
+        if str(behaviour).startswith('no-length'):  # the body ends where the connection does
+            self.send_header('Connection', 'close')
+            self.end_headers()
+            self.wfile.write(data if behaviour == 'no-length' else data[:len(data) // 2])
+            self.close_connection = True
+            return
         self.send_header('Content-Length', str(len(data)))
         self.end_headers()
-        if behaviour == 'truncate':  # announce all, send half, close cleanly
+        if behaviour == 'hold':  # send half, then nothing until the test releases it
+            self.wfile.write(data[:len(data) // 2])
+            self.wfile.flush()
+            self.zoo.release.wait()
+            self.close_connection = True
+        elif behaviour == 'truncate':  # announce all, send half, close cleanly
             self.wfile.write(data[:len(data) // 2])
             self.close_connection = True
         elif behaviour == 'drop-once' and hit == 1:  # send half, then reset the connection
@@ -145,13 +156,16 @@ class ZooServer:
 
     ``add(path, data, behaviour)``: ``'ok'``, ``'truncate'`` (Content-Length larger than the
     body, then close), ``'drop-once'`` (connection reset mid-way on the first request only)
-    or ``500``; unknown paths answer 404. ``hits[path]`` counts requests.
+    ``'no-length'`` / ``'no-length-cut'`` (no Content-Length, the whole / half the body,
+    then close), ``'hold'`` (half the body, then wait for ``release``) or ``500``; unknown
+    paths answer 404. ``hits[path]`` counts requests.
     """
 
     def __init__(self):
         self.routes = {}
         self.hits = collections.Counter()
         self.lock = threading.Lock()
+        self.release = threading.Event()
         self.httpd = http.server.ThreadingHTTPServer(('127.0.0.1', 0),
                                                      functools.partial(_Handler, self))
         self.httpd.daemon_threads = True
@@ -165,6 +179,7 @@ class ZooServer:
         return self.base + path
 
     def stop(self):
+        self.release.set()
         if self.running:
             self.httpd.shutdown()
             self.httpd.server_close()

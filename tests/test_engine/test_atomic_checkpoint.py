@@ -288,7 +288,7 @@ def test_sigkill_at_three_moments_then_resume_equals_uninterrupted_run(tmp_path)
     # 2. during the write of the next periodic checkpoint (epoch 2), half of it on disk
     log = run(train_cmd(data, work, '--resume', fault=True), tmp_path / 'killed2.log',
               fault='periodic:1')
-    assert f'Auto resumed from the latest checkpoint {work / "epoch_1.pth"}' in log
+    assert f'--resume: resuming from {work / "epoch_1.pth"}' in log
     assert checkpoint_files(work) == ['.epoch_2.pth.tmp', best1, 'epoch_1.pth']
     assert last_checkpoint(work) == str(work / 'epoch_1.pth')
     assert load_checkpoint_file(str(work / 'epoch_1.pth'))['meta']['epoch'] == 1

@@ -154,3 +154,50 @@ def test_getattr_is_limited_to_history_buffer_statistics(tmp_path):
     torch.save(dict(state_dict={}, extra=ReachesThroughGetattr()), path)
     with pytest.raises(pickle.UnpicklingError, match='only the statistics methods'):
         load_checkpoint_file(str(path))
+
+
+# --- one error that names the file and what is wrong with it --------------------------------
+
+def _damaged_files(root):
+    torch.save(dict(state_dict=dict(w=torch.ones(1000))), root / 'good.pth')
+    data = (root / 'good.pth').read_bytes()
+    files = {
+        'empty.pth': (b'', 'the file is empty'),
+        'truncated.pth': (data[:len(data) // 2], 'truncated or corrupted: a zip archive'),
+        'text.pth': (b'hello world\n', 'not a PyTorch checkpoint: neither a zip archive'),
+        'random.pth': (bytes(range(7, 255)) * 20, 'not a PyTorch checkpoint'),
+    }
+    for name, (content, _) in files.items():
+        (root / name).write_bytes(content)
+    torch.save(dict(state_dict={}, extra=Arbitrary()), root / 'evil.pth')
+    files['evil.pth'] = (None, r'it contains objects that are not allowed \(Unsupported global: '
+                               r'GLOBAL test_checkpoint.Arbitrary')
+    return files
+
+
+def test_damaged_checkpoints_raise_one_error_naming_file_and_reason(tmp_path):
+    from mmdccnext.utils.checkpoint import CheckpointError
+    for name, (_, reason) in _damaged_files(tmp_path).items():
+        for load in (load_checkpoint_file, CheckpointLoader.load_checkpoint):
+            with pytest.raises(CheckpointError, match=f'checkpoint {tmp_path / name}: {reason}') \
+                    as info:
+                load(str(tmp_path / name))
+            # never torch's advice to load with weights_only=False, not even in the chain
+            assert 'weights_only' not in str(info.value), name
+            assert info.value.__cause__ is None and info.value.__suppress_context__, name
+    assert torch.equal(load_checkpoint_file(str(tmp_path / 'good.pth'))['state_dict']['w'],
+                       torch.ones(1000))
+
+
+def test_flipped_byte_is_found_by_the_crc_check(tmp_path):
+    """torch.load does not check the archive's CRCs (a flipped byte in a tensor loads
+    silently); the check that --resume runs on its candidates does."""
+    from mmdccnext.utils.checkpoint import diagnose_checkpoint_file
+    _damaged_files(tmp_path)
+    data = bytearray((tmp_path / 'good.pth').read_bytes())
+    offset = bytes(data).index(torch.ones(1000).numpy().tobytes())
+    data[offset + 5] ^= 0xFF
+    (tmp_path / 'flipped.pth').write_bytes(bytes(data))
+    assert diagnose_checkpoint_file(str(tmp_path / 'good.pth')) is None
+    assert diagnose_checkpoint_file(str(tmp_path / 'flipped.pth')) == (
+        'corrupted: the archive member good/data/0 fails its CRC check')
