@@ -111,6 +111,10 @@ SCALES = {
 }
 
 SUBVECTOR_STRIDE = 8
+# Seconds an item of each section is expected to need at most on a GPU (a torch.compile of a
+# backbone's training step takes about a minute or two): an item starts only when that much of
+# the budget is left, so that the run ends within it.
+NEEDS = {'correctness': 5, 'op': 15, 'train': 30, 'compile': 120}
 
 
 # ----------------------------------------------------------------------------- environment
@@ -179,6 +183,16 @@ class Clock:
 
     def left(self):
         return self.budget - self.elapsed()
+
+    def skip(self, what, needs):
+        """Print why ``what`` is skipped and return True when less than ``needs`` seconds of
+        the budget are left: an item is started only when it can end within the budget."""
+        left = self.left()
+        if left >= needs:
+            return False
+        print(f'   {what}: SKIPPED (time budget: needs about {needs:.0f} s, {max(0, left):.0f} s '
+              'left; run this section alone with --sections)')
+        return True
 
 
 def sync(device):
@@ -427,8 +441,7 @@ def section_correctness(args, impls, device, clock):
     failures = checks = 0
     for case in SCALES[args.scale]['cases']:
         for mode in case.modes:
-            if clock.left() <= 0:
-                print(f'  case {case.name}, {mode}: SKIPPED (time budget spent)')
+            if clock.skip(f'case {case.name}, {mode}', NEEDS['correctness']):
                 continue
             failures += check_case(case, mode, impls, device, gen)
             checks += 1
@@ -463,6 +476,17 @@ def op_fn(path, x, weight, bias, grad, mode):
     return (fwd if mode == 'fwd' else fwdbwd), reset
 
 
+def num(row, key):
+    """The measured number ``row[key]``, None where it was skipped or ran out of memory."""
+    value = row.get(key)
+    return value if isinstance(value, (int, float)) else None
+
+
+def ms(row, key):
+    value = row.get(key)
+    return f'{value * 1e3:.2f}' if isinstance(value, float) else str(value)
+
+
 def section_op(args, impls, device, clock):
     print('\n== op: dcconv at DCCNeXt-B2 shapes, each path vs the naive composite ==')
     print('   naive = cdist -> topk -> (B, N, K, C) gather -> weighted sum; float32, d = 8; '
@@ -483,7 +507,7 @@ def section_op(args, impls, device, clock):
         for path in paths:
             row = res[path] = {}
             for mode in ('fwd', 'fwdbwd'):
-                if clock.left() <= 0:
+                if clock.skip(f'{path} N={N} {mode}', NEEDS['op']):
                     row[mode] = 'SKIPPED'
                     continue
                 fn, reset = op_fn(path, x, weight, bias, grad, mode)
@@ -496,21 +520,12 @@ def section_op(args, impls, device, clock):
         naive = res['naive']
         for path in paths:
             r = res[path]
-
-            def num(key, _r=r):
-                v = _r.get(key)
-                return v if isinstance(v, float) or isinstance(v, int) else None
-
-            def ms(key, _r=r):
-                v = _r.get(key)
-                return f'{v * 1e3:.2f}' if isinstance(v, float) else str(v)
-
-            print(f'| {B} | {N} | {C} | {K} | {path} | {ms("fwd")} | '
-                  f'{ratio(num("fwd") and naive.get("fwd"), num("fwd"))} | {ms("fwdbwd")} | '
-                  f'{ratio(num("fwdbwd") and naive.get("fwdbwd"), num("fwdbwd"))} | '
+            print(f'| {B} | {N} | {C} | {K} | {path} | {ms(r, "fwd")} | '
+                  f'{ratio(num(naive, "fwd"), num(r, "fwd"))} | {ms(r, "fwdbwd")} | '
+                  f'{ratio(num(naive, "fwdbwd"), num(r, "fwdbwd"))} | '
                   f'{mib(r["fwd_mem"]) if "fwd_mem" in r else "-"} | '
                   f'{mib(r["fwdbwd_mem"]) if "fwdbwd_mem" in r else "-"} | '
-                  f'{ratio(num("fwdbwd_mem"), naive.get("fwdbwd_mem"), 3)} |',
+                  f'{ratio(num(r, "fwdbwd_mem"), num(naive, "fwdbwd_mem"), 3)} |',
                   flush=True)
         summary[N] = res
         del x, weight, bias, grad
@@ -519,12 +534,12 @@ def section_op(args, impls, device, clock):
     for path in impls:
         mem = res[path].get('fwdbwd_mem')
         line = (f'RESULT op N={N}: {path} peak fwd+bwd / naive = '
-                f'{ratio(mem, res["naive"].get("fwdbwd_mem"), 3)}')
+                f'{ratio(mem, num(res["naive"], "fwdbwd_mem"), 3)}')
         if device.type == 'cuda' and path == 'pytorch' and N >= 16000:
             line += ' (issue 15 target: <= 0.100)'
         if path != 'pytorch' and 'pytorch' in res:
             line += (f'; fwd+bwd time pytorch/{path} = '
-                     f'{ratio(res["pytorch"].get("fwdbwd"), res[path].get("fwdbwd"))}')
+                     f'{ratio(num(res["pytorch"], "fwdbwd"), num(res[path], "fwdbwd"))}')
         print(line)
     print(f'   [{clock.elapsed():.0f} s]')
 
@@ -622,8 +637,7 @@ def section_train(args, device, clock, compiled):
     for setting in SCALES[args.scale]['settings']:
         res = {}
         for name in names:
-            if clock.left() <= 0:
-                print(f'   {setting.name} {name}: SKIPPED (time budget spent)')
+            if clock.skip(f'{setting.name} {name}', NEEDS['compile' if compiled else 'train']):
                 continue
             try:
                 res[name] = r = measure_training(name, setting, args, device, compiled)
