@@ -91,6 +91,27 @@ def test_get_flops_cli():
     assert '3x64x64, backbone' in out
 
 
+def test_get_flops_cli_in_channels():
+    """--in-channels builds the stem for them (it crashed on the 3-channel stem before)."""
+    def row(*extra):
+        out = subprocess.run([
+            sys.executable, osp.join(ROOT, 'tools', 'analysis', 'get_flops.py'), CFG.format('b0'),
+            '--shape', '64', '--backbone-only', *extra], capture_output=True, text=True,
+            cwd=ROOT, check=True).stdout
+        return out, [line for line in out.splitlines() if 'dccnext-b0_8xb128_in1k |' in line][0]
+
+    out, four = row('--in-channels', '4')
+    assert '4x64x64, backbone' in out
+    _, three = row()
+    assert four != three  # the stem's parameters and FLOPs grew
+    proc = subprocess.run([sys.executable, osp.join(ROOT, 'tools', 'analysis', 'get_flops.py'),
+                           CFG.format('b0'), '--in-channels', '0'], capture_output=True,
+                          text=True, cwd=ROOT)
+    assert proc.returncode != 0
+    assert proc.stderr.strip().splitlines()[-1] == (
+        'ValueError: --in-channels: expected an int >= 1, got 0')
+
+
 @pytest.mark.parametrize('config,params_m', [
     ('detection/retinanet_dccnext-b2_fpn_1x_coco.py', 33.8),
     ('detection/mask-rcnn_dccnext-b2_fpn_1x_coco.py', 43.7),

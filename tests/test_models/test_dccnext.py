@@ -88,6 +88,32 @@ def test_arch_dict_and_errors():
         DCCNeXt('b0', norm_cfg=dict(type='BN'))
 
 
+@pytest.mark.parametrize('kwargs, error, message', [
+    (dict(in_channels=0), ValueError, 'in_channels must be an int >= 1, got 0'),
+    (dict(in_channels=True), ValueError, 'in_channels must be an int >= 1, got True'),
+    (dict(frozen_stages=2.5), ValueError, r'frozen_stages must be an int in \[0, 4\], got 2.5'),
+    (dict(frozen_stages='2'), ValueError, "frozen_stages must be an int in .*, got '2'"),
+    (dict(out_indices='0'), TypeError, "out_indices must be an int or a sequence of ints, got '0'"),
+    (dict(out_indices=(0, 1.0)), TypeError, r'got \(0, 1.0\)'),
+])
+def test_bad_arguments_are_named(kwargs, error, message):
+    with pytest.raises(error, match=message):
+        DCCNeXt('b0', **kwargs)
+
+
+def test_bad_inputs_name_the_users_shape():
+    model = DCCNeXt(dict(channels=[8, 16, 24, 32], depths=[1, 1, 1, 1]), in_channels=4)
+    with pytest.raises(ValueError, match=r'expects images of shape \(B, 4, H, W\), got a tensor '
+                       r'of shape \(4, 64, 64\)'):
+        model(torch.zeros(4, 64, 64))  # a single image without its batch dimension
+    with pytest.raises(ValueError, match=r'shape \(B, 4, H, W\), got .* \(2, 3, 64, 64\)'):
+        model(torch.zeros(2, 3, 64, 64))
+    with pytest.raises(ValueError, match=r'empty batch \(B = 0\): images of shape '
+                       r'\(0, 4, 64, 64\)'):
+        model(torch.zeros(0, 4, 64, 64))
+    assert model(torch.zeros(1, 4, 64, 64))[0].shape == (1, 32)
+
+
 def test_frozen_stages():
     model = DCCNeXt('b0', frozen_stages=2, out_indices=(0, 1, 2, 3))
     model.init_weights()

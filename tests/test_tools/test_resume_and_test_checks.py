@@ -95,3 +95,16 @@ def test_tools_test_refuses_a_foreign_checkpoint(tmp_path):
     last = proc.stderr.strip().splitlines()[-1]
     assert f'checkpoint {foreign}: none of its 1 keys' in last, proc.stderr[-2000:]
     assert 'accuracy/top1' not in proc.stdout + proc.stderr  # nothing was evaluated
+
+
+def test_tools_test_takes_files_urls_and_zoo_names_with_or_without_scheme(tmp_path):
+    from mmdccnext.apis.runner import checkpoint_source
+    (tmp_path / 'a.pth').write_bytes(b'')
+    assert checkpoint_source(str(tmp_path / 'a.pth')) == str(tmp_path / 'a.pth')
+    assert checkpoint_source('https://host/x.pth') == 'https://host/x.pth'
+    assert checkpoint_source('zoo://dccnext-b2_8xb128_in1k') == 'zoo://dccnext-b2_8xb128_in1k'
+    assert checkpoint_source('dccnext-b2_8xb128_in1k') == 'zoo://dccnext-b2_8xb128_in1k'
+    with pytest.raises(FileNotFoundError, match=r"checkpoint: 'nothing.pth' is no file, no URL "
+                       r'and no model-zoo name \(zoo://nothing.pth: no model of that name.*'
+                       r'known names: .*dccnext-b2_8xb128_in1k'):
+        checkpoint_source('nothing.pth')

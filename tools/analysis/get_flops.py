@@ -33,7 +33,9 @@ def parse_args():
         nargs='+',
         default=[224, 224],
         help='input size: H W, or one number for a square input')
-    parser.add_argument('--in-channels', type=int, default=3)
+    parser.add_argument(
+        '--in-channels', type=int, default=3,
+        help='input channels (the backbone is built with model.backbone.in_channels set to it)')
     parser.add_argument(
         '--backbone-only',
         action='store_true',
@@ -62,9 +64,13 @@ def main():
         h, w = args.shape
     else:
         raise ValueError('--shape takes H W or a single size')
+    if args.in_channels < 1:
+        raise ValueError(f'--in-channels: expected an int >= 1, got {args.in_channels}')
     rows = []
     for i, path in enumerate(args.config):
         cfg = Config.fromfile(path)
+        # the stem must take what is fed in (model.backbone.in_channels of the config is 3)
+        cfg.merge_from_dict({'model.backbone.in_channels': args.in_channels})
         if args.cfg_options:
             cfg.merge_from_dict(args.cfg_options)
         model = build_model_from_cfg(cfg, backbone_only=args.backbone_only)

@@ -36,6 +36,10 @@ def _layer_norm(channels, norm_cfg):
     return nn.LayerNorm(channels, **norm_cfg)
 
 
+def _is_int(value):
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def _dwconv_cl(conv, x):
     """Apply an NCHW convolution to a channels-last ``(B, H, W, C)`` tensor.
 
@@ -280,11 +284,16 @@ class DCCNeXt(BaseModule):
         if len(self.ffn_ratios) != self.num_stages:
             raise ValueError(f'ffn_ratio {self.ffn_ratios} needs one entry per stage.')
 
-        if isinstance(out_indices, int):
+        if not _is_int(in_channels) or in_channels < 1:
+            raise ValueError(f'in_channels must be an int >= 1, got {in_channels!r}')
+        self.in_channels = in_channels
+        if _is_int(out_indices):
             out_indices = [out_indices]
-        if not isinstance(out_indices, Sequence):
-            raise TypeError(f'out_indices must be an int or a sequence, got '
-                            f'{type(out_indices)}')
+        # a str is a Sequence too: "0" would be read as the index list ["0"]
+        if (isinstance(out_indices, str) or not isinstance(out_indices, Sequence)
+                or not all(_is_int(i) for i in out_indices)):
+            raise TypeError(f'out_indices must be an int or a sequence of ints, got '
+                            f'{out_indices!r}')
         out_indices = list(out_indices)
         for i, index in enumerate(out_indices):
             if index < 0:
@@ -292,9 +301,9 @@ class DCCNeXt(BaseModule):
             if not 0 <= out_indices[i] < self.num_stages:
                 raise IndexError(f'Invalid out_indices {index} for {self.num_stages} stages.')
         self.out_indices = out_indices
-        if not 0 <= frozen_stages <= self.num_stages:
-            raise ValueError(f'frozen_stages must be in [0, {self.num_stages}], '
-                             f'got {frozen_stages}')
+        if not _is_int(frozen_stages) or not 0 <= frozen_stages <= self.num_stages:
+            raise ValueError(f'frozen_stages must be an int in [0, {self.num_stages}], '
+                             f'got {frozen_stages!r}')
         self.frozen_stages = frozen_stages
         self.norm_eval = norm_eval
         self.gap_before_final_norm = gap_before_final_norm
@@ -332,6 +341,13 @@ class DCCNeXt(BaseModule):
         self._freeze_stages()
 
     def forward(self, x):
+        """``x``: images (B, in_channels, H, W)."""
+        shape = tuple(int(n) for n in x.shape)  # ints also while tracing
+        if len(shape) != 4 or shape[1] != self.in_channels:
+            raise ValueError(f'DCCNeXt expects images of shape (B, {self.in_channels}, H, W), '
+                             f'got a tensor of shape {shape}')
+        if shape[0] == 0:
+            raise ValueError(f'DCCNeXt got an empty batch (B = 0): images of shape {shape}')
         outs = []
         for i in range(self.num_stages):
             x = self.downsample_layers[i](x)
