@@ -11,6 +11,8 @@ import sys
 import pytest
 import torch
 
+from mmdccnext.ops.reference import cluster_reference
+
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 SCRIPT = osp.join(REPO, 'tools', 'analysis', 'gpu_check.py')
 
@@ -37,7 +39,7 @@ def line_tokens(values, C=16):
 def test_reference_follows_the_contract():
     # p3 duplicates p1; p4 is NaN: every distance to it is +inf
     x = line_tokens([0., 1., -1., 1., math.nan])
-    idx = gpu_check.reference_cluster(x, 4)
+    idx = cluster_reference(x, 4)
     assert idx.tolist() == [[
         [0, 1, 2, 3],  # three at distance 1: ties to the lower index
         [1, 3, 0, 2],  # the duplicate (distance 0) right after the centre
@@ -46,20 +48,20 @@ def test_reference_follows_the_contract():
         [4, 0, 1, 2],  # all others at +inf: by index
     ]]
     # N < K: all N patches
-    assert gpu_check.reference_cluster(x[:, :3], 12).shape == (1, 3, 3)
+    assert cluster_reference(x[:, :3], 12).shape == (1, 3, 3)
 
 
 def test_reference_matches_the_op():
     from mmdccnext.ops import cluster
     gen = torch.Generator().manual_seed(0)
     x = gpu_check.make_tokens('dyadic', 2, 300, 64, gen, torch.device('cpu'))
-    assert torch.equal(gpu_check.reference_cluster(x, 12), cluster(x, 12, impl='pytorch'))
+    assert torch.equal(cluster_reference(x, 12), cluster(x, 12, impl='pytorch'))
 
 
 def test_compare_indices_counts_wrong_and_near_tie_rows():
     # p1 and p2 are a near-tie from p0 (1 vs 1 + 1e-7); p3 is far
     x = line_tokens([0., 1., -(1. + 5e-8), 5.])
-    ref = gpu_check.reference_cluster(x, 3)
+    ref = cluster_reference(x, 3)
     assert ref[0, 0].tolist() == [0, 1, 2]
     assert gpu_check.compare_indices(x, ref, ref, near_ties=True) == (4, 0, 0, 4)
     near = ref.clone()

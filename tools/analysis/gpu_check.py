@@ -118,19 +118,6 @@ NEEDS = {'correctness': 5, 'op': 15, 'train': 30, 'compile': 120}
 
 
 # ----------------------------------------------------------------------------- environment
-def available_impls(device):
-    """The DCConv paths that can run on ``device``."""
-    import mmdccnext.ops as ops
-    if hasattr(ops, 'available_impls'):
-        return tuple(ops.available_impls(device))
-    # before the op package had available_impls: the PyTorch path runs anywhere, the fused
-    # C++ kernels on CPU tensors when the extension is built
-    impls = ('pytorch', )
-    if torch.device(device).type == 'cpu' and ops.ext_available():
-        impls = ('cpu', ) + impls
-    return impls
-
-
 def device_name(device):
     if device.type == 'cuda':
         p = torch.cuda.get_device_properties(device)
@@ -257,32 +244,6 @@ def ratio(a, b, digits=2):
 
 
 # ---------------------------------------------------------------------- float64 reference
-def reference_cluster(x, kernel_size, subvector_stride=SUBVECTOR_STRIDE, max_bytes=64 * 2**20):
-    """Clusters by the contract, in float64: (B, N, min(K, N)) indices.
-
-    Squared L2 distance of the sub-vectors ``x[..., ::d]`` summed over increasing channels,
-    NaN counted as +inf; the patch itself first, then ascending (distance, index) (a stable
-    sort keeps the lower index first among equal distances). Rows in chunks of at most
-    ``max_bytes`` of distances."""
-    s = x.detach()[..., ::subvector_stride].double()
-    B, N, D = s.shape
-    Kc = min(kernel_size, N)
-    out = torch.empty((B, N, Kc), dtype=torch.long, device=x.device)
-    rows = max(1, min(N, max_bytes // (8 * N)))
-    for b in range(B):
-        for r0 in range(0, N, rows):
-            r1 = min(N, r0 + rows)
-            acc = torch.zeros((r1 - r0, N), dtype=torch.float64, device=x.device)
-            for t in range(D):
-                diff = s[b, r0:r1, t, None] - s[b, None, :, t]
-                acc += diff * diff
-            acc.masked_fill_(torch.isnan(acc), math.inf)
-            ar = torch.arange(r1 - r0, device=x.device)
-            acc[ar, ar + r0] = -math.inf  # the centre goes first, whatever its distance
-            out[b, r0:r1] = torch.sort(acc, dim=1, stable=True).indices[:, :Kc]
-    return out
-
-
 def member_distances(x, idx, subvector_stride=SUBVECTOR_STRIDE):
     """float64 distance (NaN as +inf) of every patch to each member of its cluster."""
     s = x.detach()[..., ::subvector_stride].double()
@@ -290,13 +251,6 @@ def member_distances(x, idx, subvector_stride=SUBVECTOR_STRIDE):
     members = s[torch.arange(B, device=s.device)[:, None, None], idx]  # (B, N, Kc, D)
     d = ((s[:, :, None, :] - members)**2).sum(-1)
     return d.masked_fill_(torch.isnan(d), math.inf)
-
-
-def reference_aggregate(x, idx, weight, bias):
-    """y[b, n, c] = sum_k W[k, c] x[b, idx[b, n, k], c] + bias[c], in the dtype of x."""
-    B, Kc = x.shape[0], idx.shape[-1]
-    gathered = x[torch.arange(B, device=x.device)[:, None, None], idx]  # (B, N, Kc, C)
-    return (gathered * weight[:Kc]).sum(2) + bias
 
 
 def compare_indices(x, idx, ref_idx, near_ties, subvector_stride=SUBVECTOR_STRIDE):
@@ -375,6 +329,7 @@ def run_path(impl, x, weight, bias, grad, autocast, device):
 
 def check_case(case, mode, impls, device, gen):
     """Print the lines of one case and mode; return the number of failed checks."""
+    from mmdccnext.ops.reference import aggregate_reference, cluster_reference
     dtype, autocast = MODES[mode]
     x = make_tokens(case.data, case.B, case.N, case.C, gen, device).to(dtype)
     weight = (torch.randn(case.K, case.C, generator=gen) * .1).to(device)
@@ -382,7 +337,7 @@ def check_case(case, mode, impls, device, gen):
     grad = torch.randn(case.B, case.N, case.C, generator=gen).to(device)
     finite = case.data != 'nonfinite'  # NaN / inf inputs: indices only
     print(f'  case {case.name}: B={case.B} N={case.N} C={case.C} K={case.K}, {mode}')
-    ref_idx = reference_cluster(x, case.K)
+    ref_idx = cluster_reference(x, case.K)
     results, failures = {}, 0
     for impl in impls:
         try:
@@ -403,7 +358,7 @@ def check_case(case, mode, impls, device, gen):
             x64 = x.detach().double().requires_grad_()
             w64 = weight.double().requires_grad_()
             b64 = bias.double().requires_grad_()
-            y64 = reference_aggregate(x64, r['idx'], w64, b64)
+            y64 = aggregate_reference(x64, r['idx'], w64, b64)
             y64.backward(grad.to(r['out'].dtype).double())
             errs = {
                 'out': (r['out'], y64.detach()),
@@ -703,6 +658,7 @@ def main(argv=None):
     pinned = device.type == 'cpu' and pin_mmap_threshold()
     clock = Clock(args.budget)
     import mmdccnext.ops  # noqa: F401  (fails here, with its own message, if it cannot import)
+    from mmdccnext.ops import available_impls
     impls = available_impls(device)
     triton = 'n/a'
     with contextlib.suppress(ImportError):
