@@ -9,6 +9,7 @@ import glob
 import hashlib
 import os
 import os.path as osp
+import random
 import signal
 import subprocess
 import sys
@@ -26,6 +27,7 @@ from mmengine.runner import Runner
 from torch.utils.data import Dataset
 
 from mmdccnext.engine import AtomicCheckpointHook
+from mmdccnext.engine.hooks.checkpoint_hook import EpochSeededPipeline
 from mmdccnext.utils import load_checkpoint_file
 
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
@@ -201,6 +203,51 @@ def test_every_config_uses_the_hook():
     for path in configs:
         cfg = Config.fromfile(path)
         assert cfg.default_hooks.checkpoint.type == HOOK, path
+
+
+# --- what the data workers draw: a function of (seed, epoch, sample), not of the worker ------
+
+def draw(results):
+    """A pipeline drawing as augmentations do, from numpy, python and torch."""
+    return (results['sample_idx'], np.random.rand(), random.random(), torch.rand(1).item())
+
+
+class Draws(Dataset):
+
+    def __init__(self, seeded, epoch):
+        self.pipeline = EpochSeededPipeline(draw, 123, epoch) if seeded else draw
+
+    def __len__(self):
+        return 8
+
+    def __getitem__(self, i):
+        return self.pipeline(dict(sample_idx=i))
+
+
+def draws_per_epoch(num_workers, persistent, first=0, epochs=2, seeded=True):
+    """What a loader yields in ``epochs`` epochs from ``first`` (a resume starts at > 0)."""
+    import multiprocessing
+    epoch = multiprocessing.RawValue('q', first)
+    loader = torch.utils.data.DataLoader(
+        Draws(seeded, epoch), batch_size=2, num_workers=num_workers,
+        persistent_workers=persistent, collate_fn=list,
+        worker_init_fn=lambda worker: (np.random.seed(worker), random.seed(worker)))
+    result = []
+    for e in range(first, first + epochs):
+        epoch.value = e  # what AtomicCheckpointHook.before_train_epoch does
+        result.append([sample for batch in loader for sample in batch])
+    return result
+
+
+def test_epoch_seeded_pipeline_draws_the_same_in_any_worker_and_after_a_restart():
+    reference = draws_per_epoch(num_workers=0, persistent=False)
+    assert reference[0] != reference[1]  # new draws each epoch
+    assert draws_per_epoch(2, persistent=True) == reference  # real worker processes
+    # resumed at epoch 1: fresh workers draw what the persistent ones drew in epoch 1
+    assert draws_per_epoch(2, persistent=True, first=1, epochs=1) == reference[1:]
+    # why it is needed: unseeded persistent workers carry their state into epoch 1
+    plain = draws_per_epoch(2, persistent=True, seeded=False)
+    assert draws_per_epoch(2, persistent=True, first=1, epochs=1, seeded=False) != plain[1:]
 
 
 # --- fault test: SIGKILL a real training process at three moments, resume, compare bitwise --
