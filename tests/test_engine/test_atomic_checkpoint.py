@@ -20,8 +20,10 @@ import pytest
 import torch
 import torch.nn as nn
 from mmengine.config import Config
+from mmengine.evaluator import BaseMetric, Evaluator
 from mmengine.fileio import LocalBackend
 from mmengine.hooks import CheckpointHook
+from mmengine.logging import MessageHub
 from mmengine.model import BaseModel
 from mmengine.runner import Runner
 from torch.utils.data import Dataset
@@ -203,6 +205,99 @@ def test_every_config_uses_the_hook():
     for path in configs:
         cfg = Config.fromfile(path)
         assert cfg.default_hooks.checkpoint.type == HOOK, path
+
+
+# --- iteration-based loops: the random state of the main process comes back -----------------
+
+class DropoutToy(ToyModel):
+    """Draws from torch's global RNG in every training step, as drop-path does."""
+
+    def forward(self, inputs, data_samples=None, mode='tensor'):
+        out = nn.functional.dropout(self.linear(torch.stack(inputs)), 0.5, self.training)
+        return dict(loss=out.pow(2).mean()) if mode == 'loss' else out
+
+
+def dropout_runner(work_dir, max_iters, resume=False):
+    torch.manual_seed(1)  # the model is built before the Runner seeds: the same initial weights
+    return Runner(
+        model=DropoutToy(), work_dir=str(work_dir),
+        experiment_name=f'atomic_rng_{time.time_ns()}',
+        train_dataloader=dict(
+            dataset=ToyDataset(), sampler=dict(type='InfiniteSampler', shuffle=True),
+            batch_size=2, num_workers=0),
+        optim_wrapper=dict(optimizer=dict(type='SGD', lr=0.1)),
+        train_cfg=dict(by_epoch=False, max_iters=max_iters),
+        default_hooks=dict(checkpoint=dict(type=HOOK, interval=2, by_epoch=False)),
+        randomness=dict(seed=0), resume=resume, default_scope='mmengine')
+
+
+def test_iteration_based_resume_continues_the_random_stream(tmp_path):
+    straight = dropout_runner(tmp_path / 'straight', max_iters=6)
+    straight.train()
+    dropout_runner(tmp_path / 'resumed', max_iters=2).train()
+    resumed = dropout_runner(tmp_path / 'resumed', max_iters=6, resume=True)
+    resumed.train()
+    assert resumed.iter == 6
+    assert torch.equal(resumed.model.linear.weight, straight.model.linear.weight)
+    assert torch.equal(resumed.model.linear.bias, straight.model.linear.bias)
+
+
+# --- best checkpoints: kill between the new best and the periodic checkpoint naming it --------
+
+class IterationMetric(BaseMetric):
+    """``score``: the (0-based) training iteration validated after: each one a new best."""
+
+    def process(self, data_batch, data_samples):
+        self.results.append(0)
+
+    def compute_metrics(self, results):
+        return dict(score=float(MessageHub.get_current_instance().get_info('iter')))
+
+
+def best_runner(work_dir, max_iters, resume=False):
+    return Runner(
+        model=ToyModel(), work_dir=str(work_dir),
+        experiment_name=f'atomic_best_{time.time_ns()}',
+        train_dataloader=dict(
+            dataset=ToyDataset(), sampler=dict(type='DefaultSampler', shuffle=False),
+            batch_size=2, num_workers=0),
+        val_dataloader=dict(
+            dataset=ToyDataset(), sampler=dict(type='DefaultSampler', shuffle=False),
+            batch_size=4, num_workers=0),
+        val_evaluator=Evaluator(IterationMetric()), val_cfg=dict(),
+        optim_wrapper=dict(optimizer=dict(type='SGD', lr=0.01)),
+        train_cfg=dict(by_epoch=False, max_iters=max_iters, val_interval=2),
+        default_hooks=dict(checkpoint=dict(type=HOOK, interval=2, by_epoch=False,
+                                           max_keep_ckpts=1, save_best='score', rule='greater')),
+        resume=resume, default_scope='mmengine')
+
+
+def test_best_complete_but_not_yet_named_is_adopted_on_resume(tmp_path, monkeypatch):
+    save = AtomicCheckpointHook._save_checkpoint_with_step
+    saved = []
+
+    def die_before_renaming_the_new_best(self, runner, step, meta):
+        saved.append(step)
+        if saved == [2, 2, 4, 4]:  # iter 4's periodic save again, after its best
+            raise SimulatedKill
+        return save(self, runner, step, meta)
+
+    monkeypatch.setattr(AtomicCheckpointHook, '_save_checkpoint_with_step',
+                        die_before_renaming_the_new_best)
+    with pytest.raises(SimulatedKill):
+        best_runner(tmp_path, max_iters=6).train()
+    # both bests complete; the periodic checkpoint still names the old one
+    assert checkpoint_files(tmp_path) == ['best_score_iter_2.pth', 'best_score_iter_4.pth',
+                                          'iter_4.pth']
+    hub = load_checkpoint_file(str(tmp_path / 'iter_4.pth'))['message_hub']['runtime_info']
+    assert hub['best_ckpt'] == str(tmp_path / 'best_score_iter_2.pth')
+
+    monkeypatch.setattr(AtomicCheckpointHook, '_save_checkpoint_with_step', save)
+    runner = best_runner(tmp_path, max_iters=6, resume=True)
+    runner.train()
+    # iter 4's best was adopted (it replaced iter 2's), then replaced by iter 6's: one best
+    assert checkpoint_files(tmp_path) == ['best_score_iter_6.pth', 'iter_6.pth']
+    assert runner.message_hub.get_info('best_ckpt') == str(tmp_path / 'best_score_iter_6.pth')
 
 
 # --- what the data workers draw: a function of (seed, epoch, sample), not of the worker ------

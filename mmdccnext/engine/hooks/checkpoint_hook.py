@@ -144,7 +144,9 @@ class AtomicCheckpointHook(CheckpointHook):
         sampler = _sampler(loader)
         init_fn = getattr(loader, 'worker_init_fn', None)
         checkpoint[RESUME_STATE] = dict(
-            iter=runner.iter,
+            # the iteration a resume continues from (in after_train_iter, runner.iter is
+            # still that of the iteration just run)
+            iter=checkpoint['meta'].get('iter', runner.iter),
             rng=self._rng if self._rng is not None else get_rng_state(),
             sampler_seed=getattr(sampler, 'seed', None),
             worker_seed=getattr(init_fn, 'keywords', {}).get('seed'))
