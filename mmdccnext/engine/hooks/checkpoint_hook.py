@@ -45,6 +45,7 @@ import re
 
 import numpy as np
 import torch
+from mmengine.dataset import BaseDataset
 from mmengine.dist import is_main_process
 from mmengine.fileio import LocalBackend
 from mmengine.hooks import CheckpointHook
@@ -179,7 +180,10 @@ class AtomicCheckpointHook(CheckpointHook):
             self._epoch = multiprocessing.RawValue('q', runner.epoch)
             for dataset in _datasets(loader.dataset):
                 pipeline = getattr(dataset, 'pipeline', None)
-                if callable(pipeline) and not isinstance(pipeline, EpochSeededPipeline):
+                # BaseDataset gives each data info its sample_idx; wrappers with their own
+                # pipeline (e.g. mmdet's MultiImageMixDataset) may not
+                if (isinstance(dataset, BaseDataset) and callable(pipeline)
+                        and not isinstance(pipeline, EpochSeededPipeline)):
                     dataset.pipeline = EpochSeededPipeline(
                         pipeline, runner.seed if seed is None else seed, self._epoch)
 
