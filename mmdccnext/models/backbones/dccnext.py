@@ -342,12 +342,14 @@ class DCCNeXt(BaseModule):
 
     def forward(self, x):
         """``x``: images (B, in_channels, H, W)."""
-        shape = tuple(int(n) for n in x.shape)  # ints also while tracing
-        if len(shape) != 4 or shape[1] != self.in_channels:
+        # int() only for the message: on the normal path the (possibly symbolic, when
+        # exporting) batch size is not turned into a constant
+        if x.dim() != 4 or x.shape[1] != self.in_channels:
             raise ValueError(f'DCCNeXt expects images of shape (B, {self.in_channels}, H, W), '
-                             f'got a tensor of shape {shape}')
-        if shape[0] == 0:
-            raise ValueError(f'DCCNeXt got an empty batch (B = 0): images of shape {shape}')
+                             f'got a tensor of shape {tuple(int(n) for n in x.shape)}')
+        if x.shape[0] == 0:
+            raise ValueError(f'DCCNeXt got an empty batch (B = 0): images of shape '
+                             f'{tuple(int(n) for n in x.shape)}')
         outs = []
         for i in range(self.num_stages):
             x = self.downsample_layers[i](x)
