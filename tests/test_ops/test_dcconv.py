@@ -203,6 +203,13 @@ def test_precomputed_indices_skip_clustering(path, monkeypatch):
     (lambda x, w, b: dcconv(x, w[0], b), 'weight must be'),
     (lambda x, w, b: dcconv(x, w[:0], b), 'K >= 1'),
     (lambda x, w, b: dcconv(x, w, b[:3]), 'bias must be'),
+    # bias as weight: floating point only (ints would be promoted silently, complex would lose
+    # its imaginary part)
+    (lambda x, w, b: dcconv(x, w, b.long()), 'bias must be a floating-point tensor, got .*int64'),
+    (lambda x, w, b: dcconv(x, w, b > 0), 'bias must be a floating-point tensor, got torch.bool'),
+    (lambda x, w, b: dcconv(x, w, b.to(torch.complex64)), 'bias must be a floating-point'),
+    (lambda x, w, b: dcconv(x, w, [0.] * 8), 'bias must be a .8,. tensor, got list'),
+    (lambda x, w, b: dcconv(x, w.long(), b), 'weight must be a floating-point'),
     (lambda x, w, b: dcconv(x, w, b, kernel_size=5), 'kernel_size'),
     (lambda x, w, b: dcconv(x, w, b, kernel_size=0), 'kernel_size'),
     (lambda x, w, b: dcconv(x, w, b, subvector_stride=0), 'subvector_stride'),
