@@ -38,7 +38,6 @@ from collections import OrderedDict, namedtuple
 import torch
 
 from mmdccnext.deployment import backbone_module, export_module, ort_session
-from mmdccnext.models import optimize_for_inference
 from mmdccnext.registry import MODELS
 from mmdccnext.utils.memory import proc_status, reset_peak_rss
 
@@ -73,15 +72,13 @@ def backbone_cfg(name, dense):
     raise KeyError(f'unknown model {name!r}; choose from {MODEL_NAMES}')
 
 
-def build_backbone(name, dense, optimize=True):
-    """The backbone ``name`` in eval mode, built from the registries; DCCNeXt after
-    :func:`mmdccnext.models.optimize_for_inference` unless ``optimize`` is False."""
+def build_backbone(name, dense):
+    """The backbone ``name`` in eval mode, built from the registries as the libraries build
+    it (nothing else is called on it)."""
     import mmpretrain.models  # noqa: F401  (registers mmpretrain's models)
 
     model = MODELS.build(backbone_cfg(name, dense))
     model.eval()  # not model = model.eval(): MMPretrain's ConvNeXt.train returns None
-    if optimize and name.startswith('DCCNeXt-'):
-        optimize_for_inference(model)
     return model
 
 

@@ -1,4 +1,4 @@
 from .dccnext import DCCNeXt, DCCNeXtBlock
-from .inference import InferenceDCCNeXtBlock, optimize_for_inference
+from .inference import optimize_for_inference
 
-__all__ = ['DCCNeXt', 'DCCNeXtBlock', 'InferenceDCCNeXtBlock', 'optimize_for_inference']
+__all__ = ['DCCNeXt', 'DCCNeXtBlock', 'optimize_for_inference']

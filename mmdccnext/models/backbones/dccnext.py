@@ -9,9 +9,9 @@ and permuting back is again a view. The only layout copies are in the stem (Laye
 the permuted convolution output) and the maps returned to a neck (contiguous
 ``(B, C, H, W)``).
 
-The blocks are plain PyTorch modules. For inference on the CPU,
-:func:`mmdccnext.models.optimize_for_inference` swaps in blocks that reuse buffers and work
-in place (:mod:`mmdccnext.models.backbones.inference`).
+Without autograd on the CPU the backbone takes a fast path by itself: the blocks reuse
+buffers across one forward pass and work in place, with bit-identical results
+(:mod:`mmdccnext.models.backbones.inference`, which also says when it applies).
 """
 from numbers import Number
 from typing import Sequence
@@ -25,6 +25,7 @@ from torch.nn.modules.batchnorm import _NormBase
 
 from mmdccnext.ops import DCConv
 from mmdccnext.registry import MODELS
+from .inference import PROFILER_RANGE, Workspace, fast_path_applies
 
 
 def _layer_norm(channels, norm_cfg):
@@ -64,8 +65,13 @@ class ConvFFN(BaseModule):
         self.act = nn.GELU()
         self.fc2 = nn.Linear(hidden, channels)
 
-    def forward(self, x):
-        """``x``: (B, H, W, C)."""
+    def forward(self, x, workspace=None):
+        """``x``: (B, H, W, C); ``workspace``: the backbone's inference fast path
+        (:class:`~mmdccnext.models.backbones.inference.Workspace`), or None."""
+        if workspace is not None:  # the hidden maps in reused buffers, GELU in place
+            x = workspace.linear(self.fc1, x, 'ffn_hidden')
+            x = workspace.depthwise_conv(self.dwconv, x, 'ffn_dwconv')
+            return self.fc2(workspace.gelu_(x, self.act.approximate))
         x = self.fc1(x)
         x = _dwconv_cl(self.dwconv, x)
         x = self.act(x)
@@ -145,8 +151,12 @@ class DCCNeXtBlock(BaseModule):
         x = self._residual(x, self._mix(self.norm1(x)), self.gamma1)
         return self._residual(x, self.ffn(self.norm2(x)), self.gamma2)
 
-    def forward(self, x):
-        """``x``: (B, H, W, C)."""
+    def forward(self, x, workspace=None):
+        """``x``: (B, H, W, C). With ``workspace`` (the backbone's inference fast path) the
+        residuals are added in place: ``x`` must be the previous layer's output."""
+        if workspace is not None:
+            x = workspace.residual_(x, self._mix(self.norm1(x)), self.gamma1)
+            return workspace.residual_(x, self.ffn(self.norm2(x), workspace), self.gamma2)
         if self.with_cp and self.training and torch.is_grad_enabled():
             return cp.checkpoint(self._forward, x, use_reentrant=False)
         return self._forward(x)
@@ -308,6 +318,7 @@ class DCCNeXt(BaseModule):
         self.norm_eval = norm_eval
         self.gap_before_final_norm = gap_before_final_norm
         self.subvector_stride = subvector_stride
+        self.drop_path_rate = drop_path_rate
 
         dpr = torch.linspace(0, drop_path_rate, sum(self.depths)).tolist()
 
@@ -350,11 +361,17 @@ class DCCNeXt(BaseModule):
         if x.shape[0] == 0:
             raise ValueError(f'DCCNeXt got an empty batch (B = 0): images of shape '
                              f'{tuple(int(n) for n in x.shape)}')
+        if fast_path_applies(self, x):
+            with torch.profiler.record_function(PROFILER_RANGE):
+                return self._forward(x, Workspace())
+        return self._forward(x, None)
+
+    def _forward(self, x, workspace):
         outs = []
         for i in range(self.num_stages):
             x = self.downsample_layers[i](x)
             for block in self.stages[i]:
-                x = block(x)
+                x = block(x, workspace)
             if i in self.out_indices:
                 norm = getattr(self, f'norm{i}')
                 if self.gap_before_final_norm:

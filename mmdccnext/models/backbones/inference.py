@@ -1,43 +1,65 @@
-"""One explicit inference optimisation of DCCNeXt for the CPU: :func:`optimize_for_inference`.
+"""DCCNeXt's inference fast path on the CPU: what the backbone runs by itself without autograd.
 
 Why. On the CPU a freshly allocated large tensor costs page faults that can take longer than
-the memory-bound operation that fills it (a fresh copy of a 154 MB tensor: 89 ms, an
-in-place copy: 14 ms, recorded in docs/en/benchmarks.md). The Conv-FFN's rC-wide hidden
-maps (r = 6) are the largest tensors of the network, written twice per block (``fc1`` and the
-3x3 depthwise convolution), and the residual additions write a C-wide map each.
+the memory-bound operation that fills it (a fresh copy of a 154 MB tensor: 89 ms, an in-place
+copy: 14 ms, recorded in docs/en/benchmarks.md). The Conv-FFN's rC-wide hidden maps (r = 6)
+are the largest tensors of the network, written twice per block (``fc1`` and the 3x3
+depthwise convolution), and the residual additions write a C-wide map each.
 
-What. :func:`optimize_for_inference` replaces every :class:`DCCNeXtBlock` of every DCCNeXt in
-a model by an :class:`InferenceDCCNeXtBlock`: the same modules and parameters (shared, not
-copied; the state dict keeps its keys), whose forward without autograd
+What. When :func:`fast_path_applies`, :meth:`DCCNeXt.forward` makes one :class:`Workspace` for
+that call and hands it to every block. The blocks then
 
-* writes ``fc1``'s output and the depthwise convolution's output into two buffers that all
-  blocks of one forward pass of the backbone reuse (per thread),
-* computes the depthwise convolution with oneDNN's in-place ``out += conv(x)`` on the zeroed
+* write ``fc1``'s output and the depthwise convolution's output into two buffers of the
+  workspace, which all blocks of the pass reuse,
+* compute the depthwise convolution with oneDNN's in-place ``out += conv(x)`` on the zeroed
   buffer (``mkldnn::_convolution_pointwise_``, the kernel PyTorch's compiler uses for
-  convolution + addition) where this build of PyTorch has it, float32 CPU tensors only,
-* applies GELU and the residual additions in place (the first residual only inside a forward
-  pass of the backbone, where a block's input is the previous layer's own output).
+  convolution + addition) where this build of PyTorch has it,
+* apply GELU and both residual additions in place (a block's input is then the previous
+  layer's own output, never the caller's tensor).
 
-With autograd enabled, while exporting or tracing, in training mode with stochastic depth,
-and wherever the oneDNN kernel does not apply, the blocks run the plain forward of
-:class:`DCCNeXtBlock` (or the plain convolution), with the same results: the outputs are
-those of the plain model (``tests/test_models/test_inference_optimization.py``).
+The results are bit-identical to the plain forward (the same kernels, written elsewhere:
+``tests/test_models/test_inference_optimization.py``). The workspace is a local of one call
+of the backbone's forward, so models and threads never share buffers, and nothing outlives
+the pass: a model evaluated and then trained trains exactly as one that never was.
 """
-import threading
+import functools
 
 import torch
-import torch.nn as nn
 
 from mmdccnext.ops.dcconv import is_exporting
-from .dccnext import DCCNeXt, DCCNeXtBlock, _dwconv_cl
+
+#: The ``torch.profiler`` range :meth:`DCCNeXt.forward` records around a fast-path pass.
+PROFILER_RANGE = 'mmdccnext::DCCNeXt.inference_fast_path'
 
 
-def _without_autograd():
-    return not (torch.is_grad_enabled() or torch.jit.is_scripting() or is_exporting())
+def _hooked(module):
+    """Whether a forward hook could see a tensor of ``module``'s pass (then the fast path,
+    which skips calls of submodules and overwrites its intermediate maps, must not run)."""
+    hooks = torch.nn.modules.module
+    if hooks._global_forward_hooks or hooks._global_forward_pre_hooks:
+        return True
+    return any(m._forward_hooks or m._forward_pre_hooks
+               for m in module.modules() if m is not module)
 
 
+def fast_path_applies(backbone, x):
+    """Whether ``backbone`` (a :class:`DCCNeXt`) runs the fast path on the images ``x``.
+
+    It does when it is safe and known to pay: autograd off (``torch.no_grad`` or
+    ``torch.inference_mode``); not compiling, exporting or tracing (they must record the plain
+    operators); float32 CPU tensors without autocast (where it was validated and measured); no
+    stochastic depth active (training mode with ``drop_path_rate > 0``); and no forward hook
+    on any module inside the backbone (a hook must see the tensors of the plain forward).
+    """
+    return not (torch.is_grad_enabled() or torch.compiler.is_compiling() or is_exporting()
+                or torch.jit.is_scripting() or x.device.type != 'cpu'
+                or x.dtype != torch.float32 or torch.is_autocast_enabled('cpu')
+                or (backbone.training and backbone.drop_path_rate > 0) or _hooked(backbone))
+
+
+@functools.lru_cache(maxsize=None)
 def _inplace_conv_add():
-    """oneDNN's ``out += conv(x)``, or None where this build lacks it."""
+    """oneDNN's ``out += conv(x)``, or None where this build of PyTorch lacks it."""
     if not torch.backends.mkldnn.is_available():
         return None
     try:
@@ -46,110 +68,62 @@ def _inplace_conv_add():
         return None
 
 
-class _Workspace(threading.local):
-    """The buffers shared by the blocks of one forward pass of one backbone, per thread.
-
-    ``buffers`` is a dict from the backbone's forward pre-hook to its forward hook, and None
-    outside a pass (a block called on its own then allocates as usual)."""
+class Workspace:
+    """The buffers of one forward pass of one backbone, and the in-place kernels the blocks
+    use with them. Made by :meth:`DCCNeXt.forward` for one call, never shared."""
 
     def __init__(self):
-        self.buffers = None
-        self.conv_add = _inplace_conv_add()
-        self.conv_add_failed = False
+        self._buffers = {}
 
-    def __reduce__(self):  # copies (deepcopy, pickle) start with no buffers
-        return _Workspace, ()
-
-    def begin(self, *_):
-        self.buffers = {}
-
-    def end(self, *_):
-        self.buffers = None
-
-    def view(self, key, like, channels):
-        """A ``(*like.shape[:-1], channels)`` tensor, a view of the reused buffer ``key``
-        inside a pass, else a new one."""
-        shape = (*like.shape[:-1], channels)
-        if self.buffers is None:
-            return like.new_empty(shape)
+    def buffer(self, key, like, channels):
+        """A ``(*like.shape[:-1], channels)`` tensor of ``like``'s dtype, a view of the buffer
+        ``key`` (grown when too small)."""
         rows = like.numel() // like.shape[-1]
-        buf = self.buffers.get(key)
-        if (buf is None or buf.numel() < rows * channels or buf.dtype != like.dtype
-                or buf.device != like.device):
-            buf = self.buffers[key] = like.new_empty(rows * channels)
-        return buf[:rows * channels].view(shape)
+        buf = self._buffers.get(key)
+        if buf is None or buf.numel() < rows * channels:
+            buf = self._buffers[key] = like.new_empty(rows * channels)
+        return buf[:rows * channels].view(*like.shape[:-1], channels)
 
+    def linear(self, linear, x, key):
+        """``linear(x)`` of channels-last ``x``, written into the buffer ``key``."""
+        out = self.buffer(key, x, linear.out_features)
+        torch.addmm(linear.bias, x.reshape(-1, x.shape[-1]), linear.weight.t(),
+                    out=out.view(-1, out.shape[-1]))
+        return out
 
-class InferenceDCCNeXtBlock(DCCNeXtBlock):
-    """A :class:`DCCNeXtBlock` whose forward without autograd reuses buffers and works in
-    place (module docstring). Made by :func:`optimize_for_inference`, not directly."""
-
-    @classmethod
-    def from_block(cls, block, workspace):
-        new = cls.__new__(cls)
-        new.__dict__.update(block.__dict__)  # the same modules, parameters and settings
-        new._workspace = workspace
-        return new
-
-    def forward(self, x):
-        stochastic = self.training and not isinstance(self.drop_path, nn.Identity)
-        if stochastic or not _without_autograd():
-            return super().forward(x)
-        in_pass = self._workspace.buffers is not None
-        x = self._add(x, self._mix(self.norm1(x)), self.gamma1, inplace=in_pass)
-        return self._add(x, self._ffn(self.norm2(x)), self.gamma2, inplace=True)
+    def depthwise_conv(self, conv, x, key):
+        """``conv`` of channels-last ``(B, H, W, C)`` ``x``, channels-last out: added by oneDNN to
+        the zeroed buffer ``key``, or the plain convolution where that does not apply."""
+        conv_add = _inplace_conv_add()
+        if (conv_add is not None and torch.backends.mkldnn.enabled
+                and conv.padding_mode == 'zeros'):
+            out = self.buffer(key, x, conv.out_channels).zero_()
+            try:
+                conv_add(out.permute(0, 3, 1, 2), x.permute(0, 3, 1, 2), conv.weight, conv.bias,
+                         list(conv.padding), list(conv.stride), list(conv.dilation),
+                         conv.groups, 'add', 1.0, None, [], None)
+                return out
+            except RuntimeError:  # a configuration oneDNN refuses: the plain convolution
+                pass
+        return conv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
 
     @staticmethod
-    def _add(x, y, gamma, inplace):
-        if inplace:
-            return x.add_(y) if gamma is None else x.addcmul_(y, gamma)
-        return x + y if gamma is None else torch.addcmul(x, y, gamma)
+    def gelu_(x, approximate='none'):
+        return torch._C._nn.gelu_(x, approximate=approximate)
 
-    def _ffn(self, x):
-        ffn, ws = self.ffn, self._workspace
-        hidden = ws.view('ffn_hidden', x, ffn.fc1.out_features)
-        torch.addmm(ffn.fc1.bias, x.reshape(-1, x.shape[-1]), ffn.fc1.weight.t(),
-                    out=hidden.view(-1, hidden.shape[-1]))
-        out = self._dwconv_into(hidden)
-        if out is None:  # the plain convolution; its output is a new tensor of ours
-            out = _dwconv_cl(ffn.dwconv, hidden)
-        return ffn.fc2(torch._C._nn.gelu_(out))
-
-    def _dwconv_into(self, x):
-        """The depthwise convolution of ``x`` added by oneDNN to a zeroed reused buffer (the
-        result of ``conv2d``), or None where that does not apply."""
-        conv, ws = self.ffn.dwconv, self._workspace
-        if (ws.conv_add is None or ws.conv_add_failed or x.device.type != 'cpu'
-                or x.dtype != torch.float32 or conv.padding_mode != 'zeros'
-                or not torch.backends.mkldnn.enabled):
-            return None
-        out = ws.view('ffn_dwconv', x, conv.out_channels).zero_()
-        try:
-            ws.conv_add(out.permute(0, 3, 1, 2), x.permute(0, 3, 1, 2), conv.weight, conv.bias,
-                        list(conv.padding), list(conv.stride), list(conv.dilation),
-                        conv.groups, 'add', 1.0, None, [], None)
-        except RuntimeError:  # e.g. an unsupported configuration: the plain path from now
-            ws.conv_add_failed = True
-            return None
-        return out
+    @staticmethod
+    def residual_(x, y, gamma):
+        """``x + gamma * y`` written into ``x``."""
+        return x.add_(y) if gamma is None else x.addcmul_(y, gamma)
 
 
 def optimize_for_inference(model):
-    """Swap every block of every DCCNeXt inside ``model`` for an
-    :class:`InferenceDCCNeXtBlock` (in place; idempotent). Returns ``model``.
-
-    The parameters stay shared and the state dict keeps its keys, so checkpoints load and
-    save as before; only forward passes without autograd change (module docstring).
-    """
-    backbones = [m for m in model.modules() if isinstance(m, DCCNeXt)]
-    for backbone in backbones:
-        if getattr(backbone, '_inference_workspace', None) is not None:
-            continue
-        workspace = _Workspace()
-        for stage in backbone.stages:
-            for j, block in enumerate(stage):
-                stage[j] = InferenceDCCNeXtBlock.from_block(block, workspace)
-        backbone._inference_workspace = workspace
-        backbone.register_forward_pre_hook(workspace.begin)
-        backbone.register_forward_hook(workspace.end)
+    """Deprecated no-op, kept so that scripts written for mmdccnext 0.1 keep running: DCCNeXt
+    now takes its inference fast path by itself (:func:`fast_path_applies`). Returns ``model``
+    unchanged."""
+    import warnings
+    warnings.warn(
+        'mmdccnext.models.optimize_for_inference is no longer needed and does nothing: '
+        'DCCNeXt runs its inference fast path by itself whenever autograd is off.',
+        DeprecationWarning, stacklevel=2)
     return model
