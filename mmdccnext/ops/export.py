@@ -4,55 +4,73 @@ The fused C++ kernels cannot be traced, and the tiled PyTorch reference loops in
 data-dependent tiles and row subsets, so neither can be exported. This path expresses the
 same contract (:mod:`mmdccnext.ops.dcconv`: canonical direct-difference distances, patch
 itself first, then ascending ``(distance, index)``) with operators that every ONNX runtime
-has (MatMul, ReduceSum/ReduceMean, TopK, Gather, element-wise arithmetic, ``If``, ``Scan``),
+has (MatMul, ReduceMin/ReduceSum, TopK, Gather, element-wise arithmetic, ``If``, ``Scan``),
 and returns the *same indices* as the other paths, not approximately the same ones.
 
+**Bounded memory.** The N x N matrix is never built. The rows are processed in blocks of
+:data:`ROW_BLOCK` (fixed when the graph is recorded; the last block is padded with copies of
+the last row), one block at a time: a (B, ROW_BLOCK, N) screen and its top-k live at once,
+so memory grows with N * ROW_BLOCK. Exported (``torch.export``, the dynamo ONNX exporter)
+the loop over the blocks is one ONNX ``Scan``, so the graph has the same size for any N and
+the input size can stay symbolic; in eager mode and under ``torch.jit.trace`` it is a Python
+loop (traced: unrolled for the traced size).
+
 Clustering of the (B, N, D) sub-vectors ``s`` with cluster size ``Kc = min(K, N)``,
-``m = Kc - 1`` neighbours and ``M = m + 8`` candidates per patch:
+``m = Kc - 1`` neighbours, ``M = m + SCREEN_EXTRA`` and ``T = M + 2``:
 
-1. Screen (MatMul): on the sub-vectors centred on the image mean, ``c = s - mean``,
-   ``scr[i, j] = |c_j|^2 - 2 <c_i, c_j>`` with ``scr[i, i] = -inf``; TopK of the ``M + 2``
-   smallest per row gives the patch itself, ``M`` candidates and the smallest screened value
-   left out. ``scr + |c_i|^2`` approximates the squared distance (any summation order, FMA or
-   not: the bound below holds for all of them).
-2. Canonical distances of the candidates only (Gather + the fixed chain of separately
-   rounded Sub, Mul, Add over the sub-vector channels in increasing order, NaN -> +inf):
-   bit-identical to the distances every other path computes. Exported, the chain of
-   additions is an ONNX ``Scan`` (a loop, sequential by definition); a reduction (ReduceSum,
-   MatMul) would leave the order, and so the rounding, to the runtime.
-3. Order the candidates by (canonical distance, index) with a rank: ``rank[a]`` = number of
-   candidates ``b`` with ``(e_b, j_b) < (e_a, j_a)``. Ranks are distinct integers, so the
-   TopK that sorts them has no ties to break and every runtime returns the same order.
+1. Screen, per row block (MatMul): with the sub-vectors centred on the image mean,
+   ``c = s - mean``, and ``n_j = |c_j|^2``, one MatMul of ``[c_i, 1]`` with
+   ``[-2 c_j, n_j]`` gives ``scr[i, j] = n_j - 2 <c_i, c_j>`` (``scr + n_i`` approximates the
+   squared distance, in any summation order, FMA or not: the bound of step 4 holds for all).
+   Two-level top-k: the columns, padded to a multiple of :data:`COL_GROUP` with ``+inf``,
+   form groups; a ReduceMin gives each group's minimum, a TopK the ``T`` groups with the
+   smallest minima, a second TopK the ``T`` smallest values among their elements. Those are
+   the ``T`` smallest screened values of the row (the ``T`` group minima are ``T``
+   distinct elements of the chosen groups, so every element of another group is at least the
+   ``T``-th value found), at a cost of ``N / COL_GROUP + T * COL_GROUP`` per row instead of a
+   TopK over ``N``. The first ``T - 1`` are the candidates (the patch itself usually among
+   them), and every other patch has a screened value ``>= beta``, the ``T``-th.
+2. Canonical distances of the candidates only, for all rows at once ((B, N, T - 1) values,
+   linear in N): Gather + the fixed chain of separately rounded Sub, Mul, Add over the
+   sub-vector channels in increasing order, NaN -> +inf; the patch itself gets +inf (it is
+   put first anyway). Exported, the chain is an ONNX ``Scan`` over the channels (sequential
+   by definition); a reduction (ReduceSum, MatMul) would leave the order, and so the
+   rounding, to the runtime.
+3. Order the candidates by (canonical distance, index): sort by index, then a sort of the
+   distances that keeps the lower position first on ties (ONNX TopK by its specification,
+   a stable sort in PyTorch).
 4. Certificate. With ``u`` the unit roundoff of the compute dtype and
-   ``E_i = (2D + 12) u (|c_i|^2 + max_j |c_j|^2)``, the screen of every pair is within
-   ``E_i + u S`` of the exact squared distance ``S`` and the canonical distance is at least
-   ``S (1 - (D + 4) u)`` (the derivation is the one of the float64 screen in
-   :mod:`mmdccnext.ops.pytorch_impl`, with u of float32; the extra float32 roundings of the norms
-   and of the final additions fit in the slack of the constant 12). Every patch left out has a
-   screened value >= the one left out first, so its canonical distance is at least
-   ``lower = (left_out + |c_i|^2 - E_i) (1 - (D + 5) u) - 4 (D + 4) denorm_min`` (the last
-   term: underflow of the float32 screen and of the canonical sums). If
-   ``lower`` exceeds the m-th canonical distance kept, no patch left out can enter the
-   cluster, ties included (it would need a distance <= that of m kept candidates). The bound
-   is evaluated in float64.
-5. If every row of every image is certified (and the inputs are finite and far from
-   overflow), the result of 3 is the answer; otherwise (near-ties, e.g. duplicated patches;
-   NaN / inf) the canonical distance of every pair is computed (N x N, the same chain of
-   element-wise ops) and sorted by (distance, index). Exported, this choice is an ONNX
-   ``If`` (``torch.cond``): the runtime evaluates only the branch it takes.
+   ``E_i = (3D + 12) u (n_i + max_j n_j)``, the screen of every pair (plus ``n_i``) is within
+   ``E_i + u S`` of the exact squared distance ``S``: the centring costs
+   ``2u (n_i + n_j) + u S``, the norms ``D u`` each and the augmented dot product of
+   ``D + 1`` terms ``(D + 1) u (n_i + 2 n_j)`` to first order; the constant leaves ``8 u``
+   for the higher-order terms. The canonical distance is at least ``S (1 - (D + 4) u)``.
+   Every patch that is not a candidate has a screened value ``>= beta``, so its canonical
+   distance is at least
+   ``lower = (beta + n_i - E_i) (1 - (D + 5) u) - 4 (D + 4) denorm_min`` (the last term:
+   underflow of the screen and of the canonical sums). If ``lower`` exceeds the m-th
+   canonical distance kept, no patch left out can enter the cluster, ties included. The
+   bound is evaluated in float64, per row; an image with non-finite values or norms near
+   overflow certifies none of its rows.
+5. Rows that are not certified (near-ties, e.g. duplicated patches; NaN / inf) are redone
+   exactly, per row block: the canonical distance of the block's rows to every patch (a
+   (B, ROW_BLOCK, N) chain) sorted by (distance, index). Exported, a block with nothing to
+   redo costs an ``If`` (``torch.cond``) that the runtime does not enter, and the whole
+   second loop sits in an ``If`` that is skipped when every row is certified.
 
-The sort of step 5 and the exact path for N < M + 2 order N values that may tie exactly.
-In ONNX this is a TopK, whose specification breaks ties by the lower index (ONNX Runtime
+The sort of step 5 and the exact path for N < T order N values that may tie exactly. In
+ONNX this is a TopK, whose specification breaks ties by the lower index (ONNX Runtime
 implements exactly that); in PyTorch it is a stable sort (``torch.topk`` promises no tie
 order).
 
 The legacy TorchScript-based ONNX exporter (``torch.onnx.export(..., dynamo=False)``) and
-``torch.jit.trace`` cannot record ``torch.cond``; under them the clustering always takes the
-exact all-pairs route of step 5 (same indices, N x N x D work).
+``torch.jit.trace`` cannot record ``torch.cond`` or ``Scan``; under them the clustering
+takes the exact route of step 5 for every block, unrolled for the traced size (same
+indices, N x N x D work, memory still N * ROW_BLOCK).
 
-Aggregation: ``out = bias; for k: out = out + x[idx[..., k]] * W[k]``: one Gather of all
-taps, one Mul, the sum over the taps in order (a ``Scan`` when exported); the order and
-roundings of the other paths (bit-identical outputs in PyTorch).
+Aggregation: ``out = bias; for k: out = out + x[idx[..., k]] * W[k]``, one Gather, Mul and
+Add per tap, unrolled (``Kc`` is fixed), so a runtime holds one gathered (B, N, C) tap at a
+time; the order and roundings of the other paths (bit-identical outputs in PyTorch).
 """
 import math
 
@@ -65,33 +83,65 @@ except ImportError:  # pragma: no cover - other torch versions: unrolled steps
 
 from .common import SCREEN_EXTRA
 
+#: Rows per block of the exported clustering, fixed when the graph is recorded: the largest
+#: temporaries are (B, ROW_BLOCK, N) screens and distances.
+ROW_BLOCK = 128
+#: Columns per group of the screen's two-level top-k.
+COL_GROUP = 16
+
 
 def _can_record_hops():
     """``torch.cond`` and ``scan`` are recorded by ``torch.export`` (the dynamo ONNX
     exporter), not by TorchScript tracing."""
-    return torch.compiler.is_exporting() and not torch.jit.is_tracing()
+    return torch.compiler.is_exporting() and not torch.jit.is_tracing() and scan is not None
 
 
-def _add_step(acc, term):
-    # (carry, per-step output): the scan primitive needs an output; a scalar costs nothing
-    return acc + term, term.new_zeros(())
-
-
-def _sequential_sum(first, terms, use_scan):
-    """``(((first + terms[0]) + terms[1]) + ...)``, left to right, one rounding per add.
-
-    ``use_scan`` (export): one ONNX ``Scan``, sequential by definition, instead of
-    ``len(terms)`` unrolled ``Add`` nodes; a reduction op (ReduceSum, MatMul) would leave
-    the order, and so the rounding, to the runtime. The unrolled graph is as exact, only
-    bigger (the exporter's time grows with it).
-    """
+def _loop(step, first, xs, use_scan):
+    """``acc = first; for t: acc = step(acc, *(x[t] for x in xs))`` over the leading axis of
+    the tensors ``xs``, in order. ``use_scan``: one ONNX ``Scan`` (sequential by
+    definition), else a Python loop (unrolled when traced)."""
     if use_scan:
+
+        def body(acc, x):
+            # the scan primitive needs a per-step output; a scalar costs nothing
+            return step(acc, *x), acc.new_zeros(())
+
         # the loop carry must keep the layout of its initial value
-        return scan(_add_step, first.contiguous(), terms.contiguous())[0]
+        return scan(body, first.contiguous(), tuple(x.contiguous() for x in xs))[0]
     acc = first
-    for t in range(terms.shape[0]):
-        acc = acc + terms[t]
+    for t in range(xs[0].shape[0]):
+        acc = step(acc, *(x[t] for x in xs))
     return acc
+
+
+def _map_blocks(fn, xs, use_scan):
+    """``fn(*block)`` (a tuple of tensors) for every block along the leading axis of the
+    tensors ``xs``; each output stacked along a new leading axis. ``use_scan``: one ONNX
+    ``Scan``, else a Python loop."""
+    if use_scan:
+
+        def body(carry, block):
+            return carry.clone(), tuple(fn(*block))
+
+        return tuple(scan(body, xs[0].new_zeros(()), tuple(x.contiguous() for x in xs))[1])
+    outs = [fn(*(x[i] for x in xs)) for i in range(xs[0].shape[0])]
+    return tuple(torch.stack(o) for o in zip(*outs))
+
+
+def _row_blocks(N, device):
+    """(nb, ROW_BLOCK) row ids covering 0 .. N - 1 in order, the rest padded with N - 1
+    (results dropped). nb = N // ROW_BLOCK + 2 is one block more than needed at most, but
+    provably > 1 for every N: ``torch.export`` would otherwise guard against one block
+    (size-1 broadcasting) and so fix the input size's range."""
+    nb = N // ROW_BLOCK + 2
+    ids = torch.arange(nb, device=device)[:, None] * ROW_BLOCK
+    return (ids + torch.arange(ROW_BLOCK, device=device)).clamp(max=N - 1)
+
+
+def _unblocked(t, N):
+    """(nb, B, R, ...) block results back to (B, N, ...) (the padding rows dropped)."""
+    t = t.transpose(0, 1).flatten(1, 2)
+    return t.index_select(1, torch.arange(N, device=t.device))
 
 
 def _smallest_k(values, k, onnx_topk):
@@ -104,87 +154,163 @@ def _smallest_k(values, k, onnx_topk):
     return order.index_select(-1, torch.arange(k, device=values.device))
 
 
-def _canonical_chain(rows, cols, use_scan=False):
-    """Canonical squared distances from the (D, ...) tensors ``rows`` and ``cols``
-    (broadcast over the trailing axes): separately rounded Sub, Mul, Add over the
-    sub-vector channel (the leading axis) in increasing order; NaN -> +inf."""
-    diff = rows - cols
-    sq = diff * diff
-    acc = _sequential_sum(sq[0], sq[1:], use_scan)
+def _dense_copy(t):
+    """A copy with contiguous strides: both branches of ``torch.cond`` must return dense
+    tensors (a size-1 dimension can carry any stride)."""
+    return t.clone(memory_format=torch.contiguous_format)
+
+
+def _nan_to_inf(acc):
     return torch.where(torch.isnan(acc), torch.full_like(acc, math.inf), acc)
 
 
-def _self_mask(N, device):
-    ids = torch.arange(N, device=device)
-    return ids[:, None] == ids[None, :]
-
-
-def _pair_terms_added(acc, s_t):
-    """One step of the canonical chain over all pairs: ``acc + (s_t[i] - s_t[j])^2``."""
-    diff = s_t[:, :, None] - s_t[:, None, :]
+def _add_square(acc, a, b):
+    """One step of the canonical chain: ``acc + (a - b) * (a - b)``, each op rounded."""
+    diff = a - b
     return acc + diff * diff
 
 
-def _pair_step(acc, s_t):
-    return _pair_terms_added(acc, s_t), s_t.new_zeros(())  # as _add_step
+def _exact_rows(s, rid, Kc, onnx_topk, use_scan):
+    """Canonical top-Kc of the rows ``rid`` (R,) of every image of ``s`` (B, N, D): the
+    canonical distance to every patch (a (B, R, N) chain over the channels), the patch
+    itself first, then (distance, index). Returns (B, R, Kc)."""
+    st = s.permute(2, 0, 1)  # (D, B, N)
+    rows = st.index_select(2, rid)  # (D, B, R)
 
+    def step(acc, r_t, c_t):
+        return _add_square(acc, r_t[:, :, None], c_t[:, None, :])
 
-def _exact_all_pairs(s, Kc, onnx_topk, use_scan=False):
-    """Canonical distance of every pair, self first, then (distance, index); ``onnx_topk``:
-    sort with TopK (ONNX export), else with a stable sort. The chain runs over the channels
-    one (B, N, N) step at a time (never a (D, B, N, N) tensor); ``use_scan`` records it as
-    one ONNX ``Scan`` (sequential by definition) instead of D unrolled steps."""
-    st = s.permute(2, 0, 1).contiguous()  # (D, B, N)
-    acc = _pair_terms_added(torch.zeros_like(st[0][:, :, None].expand(-1, -1, st.shape[2])),
-                            st[0])
-    if use_scan:
-        acc = scan(_pair_step, acc, st[1:])[0]
-    else:
-        for t in range(1, st.shape[0]):
-            acc = _pair_terms_added(acc, st[t])
-    dist = torch.where(torch.isnan(acc), torch.full_like(acc, math.inf), acc)
-    dist = torch.where(_self_mask(s.shape[1], s.device), torch.full_like(dist, -1.0), dist)
+    diff = rows[0][:, :, None] - st[0][:, None, :]
+    acc = diff * diff  # (B, R, N): acc = 0 + first term, exactly
+    if st.shape[0] > 1:
+        acc = _loop(step, acc, (rows[1:], st[1:]), use_scan)
+    dist = _nan_to_inf(acc)
+    is_self = rid[:, None] == torch.arange(s.shape[1], device=s.device)
+    dist = torch.where(is_self, torch.full_like(dist, -1.0), dist)
     return _smallest_k(dist, Kc, onnx_topk)
 
 
-def _screened(s, Kc, M, use_scan=False):
-    """Steps 1-4 of the module docstring: (B, N, Kc) indices and whether they are certified
-    for every row (a 0-d bool tensor)."""
+def _exact_blocked(s, Kc, onnx_topk, use_scan):
+    """Step 5 for every row, one row block at a time: (B, N, Kc)."""
+    N = s.shape[1]
+    out, = _map_blocks(lambda rid: (_exact_rows(s, rid, Kc, onnx_topk, use_scan), ),
+                       (_row_blocks(N, s.device), ), use_scan)
+    return _unblocked(out, N)
+
+
+def _screen_block(rid, rows, cols, T):
+    """Step 1 for the rows ``rid`` (R,): ``rows`` (B, N, D + 1) = ``[c_i, 1]``, ``cols``
+    (B, COL_GROUP, D + 1, ng) = ``[-2 c_j; n_j]``: column ``j * ng + g`` is member j of
+    group g, and the last one is padding (``+inf``). Returns the T - 1 candidates
+    (B, R, T - 1) and ``beta`` (B, R)."""
+    B, G, _, ng = cols.shape
+    R = rid.shape[0]
+    # (B, G, R, ng): member j of every group in one slice. No reshape of a symbolic size
+    # (torch.export would need a divisibility proof it cannot make): a batched MatMul and
+    # gathers along the group axis
+    scr = torch.matmul(rows.index_select(1, rid)[:, None], cols)
+    group_min = scr.amin(1)  # (B, R, ng)
+    # T groups of padding, so that T groups exist for any N >= T
+    group_min = torch.cat([group_min, group_min.new_full((B, R, T), math.inf)], dim=-1)
+    groups = torch.topk(group_min, T, dim=-1, largest=False, sorted=False).indices
+    real = groups < ng  # the padding groups: read group ng - 1, their values set to +inf
+    members = torch.gather(scr, 3, groups.clamp(max=ng - 1)[:, None].expand(B, G, R, T))
+    vals = torch.where(real[:, None], members, math.inf).permute(0, 2, 3, 1)  # (B, R, T, G)
+    col_ids = groups[..., None] + torch.arange(G, device=scr.device) * ng
+    vals, col_ids = vals.reshape(B, R, T * G), col_ids.reshape(B, R, T * G)
+    vals, pos = torch.topk(vals, T, dim=-1, largest=False, sorted=True)
+    cand = torch.gather(col_ids, 2, pos.narrow(2, 0, T - 1))
+    return cand, vals.select(2, T - 1).clone()
+
+
+def _screen_operands(s):
+    """The screen's MatMul operands from the centred sub-vectors: rows (B, N, D + 1) and
+    columns (B, COL_GROUP, D + 1, ng) (:func:`_screen_block`), and the squared norms n
+    (B, N)."""
     B, N, D = s.shape
-    m = Kc - 1
     c = s - s.mean(dim=1, keepdim=True)
     nrm = (c * c).sum(-1)  # (B, N)
-    scr = nrm[:, None, :] - 2 * torch.matmul(c, c.transpose(1, 2))
-    scr = torch.where(_self_mask(N, s.device), torch.full_like(scr, -math.inf), scr)
-    best, pos = torch.topk(scr, M + 2, dim=-1, largest=False, sorted=True)
-    cand = pos[..., 1:M + 1]  # (B, N, M)
-    # canonical distances of the candidates
-    offsets = (torch.arange(B, device=s.device) * N)[:, None, None]
-    gathered = s.reshape(B * N, D).index_select(0, (cand + offsets).reshape(-1))
-    gathered = gathered.reshape(B, N, M, D).permute(3, 0, 1, 2)  # (D, B, N, M)
-    dist = _canonical_chain(s.permute(2, 0, 1)[..., None], gathered, use_scan)  # (B, N, M)
-    # order by (distance, index): distinct ranks, so the sort has no ties
-    d_a, d_b = dist[..., :, None], dist[..., None, :]
-    j_a, j_b = cand[..., :, None], cand[..., None, :]
-    before = (d_b < d_a) | ((d_b == d_a) & (j_b < j_a))
-    rank = before.sum(-1).to(s.dtype)
-    order = torch.topk(rank, m, dim=-1, largest=False, sorted=True).indices
-    kept = torch.gather(cand, -1, order)
-    worst_kept = torch.gather(dist, -1, order[..., m - 1:m])[..., 0]
-    self_ids = torch.arange(N, device=s.device).expand(B, N)
-    idx = torch.cat([self_ids[..., None], kept], dim=-1)
+    rows = torch.cat([c, torch.ones_like(nrm)[..., None]], dim=-1)
+    cols = torch.cat([-2 * c, nrm[..., None]], dim=-1)
+    # one padding column (zeros, infinite norm) for every id >= N of the groups
+    padding = torch.cat([s.new_zeros(B, 1, D), s.new_full((B, 1, 1), math.inf)], dim=-1)
+    cols = torch.cat([cols, padding], dim=1)
+    ng = N // COL_GROUP + 1  # COL_GROUP * ng > N: the last column is padding
+    # (COL_GROUP, ng) column ids from aranges: a reshape of a symbolic size would need a
+    # divisibility proof from torch.export
+    col_src = torch.arange(COL_GROUP, device=s.device)[:, None] * ng
+    col_src = (col_src + torch.arange(ng, device=s.device)).clamp(max=N)
+    return rows, cols[:, col_src].transpose(2, 3), nrm
+
+
+def _candidate_distances(s, cand, use_scan):
+    """Step 2: canonical distances (B, N, Mc) from every patch of ``s`` (B, N, D) to its
+    candidates ``cand`` (B, N, Mc), one (B, N, Mc) Gather per channel."""
+    Mc = cand.shape[2]
+    st = s.permute(2, 0, 1).contiguous()  # (D, B, N)
+
+    def step(acc, s_t):
+        # closes over ``cand`` only (a second, aliasing tensor would break the scan)
+        cols = torch.gather(s_t[:, :, None].expand(-1, -1, Mc), 1, cand)
+        return _add_square(acc, s_t[:, :, None], cols)
+
+    acc = step(torch.zeros(cand.shape, dtype=s.dtype, device=s.device), st[0])
+    if st.shape[0] > 1:
+        acc = _loop(step, acc, (st[1:], ), use_scan)
+    return _nan_to_inf(acc)
+
+
+def _screened(s, Kc, onnx_topk, use_scan):
+    """Steps 1-4: (B, N, Kc) indices and which rows are certified (B, N)."""
+    B, N, D = s.shape
+    m = Kc - 1
+    T = m + SCREEN_EXTRA + 2
+    rows, cols, nrm = _screen_operands(s)
+    cand, beta = _map_blocks(lambda rid: _screen_block(rid, rows, cols, T),
+                             (_row_blocks(N, s.device), ), use_scan)
+    cand = _unblocked(cand, N).clamp(max=N - 1)  # (B, N, T - 1); clamp: non-finite inputs
+    beta = _unblocked(beta, N)
+    dist = _candidate_distances(s, cand, use_scan)
+    self_ids = torch.arange(N, device=s.device)
+    dist = torch.where(cand == self_ids[:, None], torch.full_like(dist, math.inf), dist)
+    # order by (distance, index): by index first, then a sort that keeps ties in place
+    by_index = _smallest_k(cand, T - 1, onnx_topk)
+    cand, dist = torch.gather(cand, 2, by_index), torch.gather(dist, 2, by_index)
+    order = _smallest_k(dist, m, onnx_topk)
+    kept = torch.gather(cand, 2, order)
+    worst_kept = torch.gather(dist, 2, order.narrow(2, m - 1, 1))[..., 0]
+    idx = torch.cat([self_ids.expand(B, N)[..., None], kept], dim=-1)
     # certificate, in float64
-    u = torch.finfo(s.dtype).eps / 2
-    tiny = torch.finfo(s.dtype).smallest_normal * torch.finfo(s.dtype).eps
+    info = torch.finfo(s.dtype)
+    u = info.eps / 2
+    tiny = info.smallest_normal * info.eps
     n64 = nrm.double()
     n_max = n64.amax(dim=1, keepdim=True)
-    eps = (2 * D + 12) * u * (n64 + n_max) * (1 + 1e-6)
-    left_out = best[..., M + 1].double() + n64
-    lower = (left_out - eps) * (1 - (D + 5) * u * 1.01) - 4 * (D + 4) * tiny
-    certified = (lower > worst_kept.double()).all()
-    certified = certified & torch.isfinite(s).all() & (n_max < torch.finfo(s.dtype).max / 16).all()
-    certified = certified & (pos[..., 0] == self_ids).all()
+    eps = (3 * D + 12) * u * (n64 + n_max) * (1 + 1e-6)
+    lower = (beta.double() + n64 - eps) * (1 - (D + 5) * u * 1.01) - 4 * (D + 4) * tiny
+    regular = torch.isfinite(s).flatten(1).all(dim=1) & (n_max[:, 0] < info.max / 16)
+    certified = (lower > worst_kept.double()) & regular[:, None]
     return idx, certified
+
+
+def _redo_uncertified(s, idx, certified, Kc, onnx_topk, use_scan):
+    """Step 5: the rows of ``idx`` (B, N, Kc) that are not ``certified`` (B, N), redone
+    exactly, block by block (blocks without such a row are kept as they are)."""
+    N = s.shape[1]
+
+    def exact(idx_b, cert_b, rid, s):
+        return torch.where(cert_b[..., None], idx_b, _exact_rows(s, rid, Kc, onnx_topk, use_scan))
+
+    def redo(rid):
+        # the block's rows read inside the loop (index_select): no (nb, B, R, ...) copies
+        idx_b, cert_b = idx.index_select(1, rid), certified.index_select(1, rid)
+        if use_scan:
+            return (torch.cond(cert_b.all(), lambda i, c, r, s: _dense_copy(i), exact,
+                               (idx_b, cert_b, rid, s)), )
+        return (idx_b if bool(cert_b.all()) else exact(idx_b, cert_b, rid, s), )
+
+    out, = _map_blocks(redo, (_row_blocks(N, s.device), ), use_scan)
+    return _unblocked(out, N)
 
 
 def cluster(s, kernel_size):
@@ -198,32 +324,44 @@ def cluster(s, kernel_size):
     Kc = K if N >= K else N
     if Kc == 1:
         return torch.arange(N, device=s.device).expand(B, N)[..., None].clone()
-    # decided here, not inside the branch: torch.cond traces its branches with dynamo, to
+    # decided here, not inside the branches: torch.cond traces its branches with dynamo, to
     # which is_in_onnx_export() is always False
     onnx_topk = torch.onnx.is_in_onnx_export()
-    use_scan = _can_record_hops() and scan is not None
-    M = Kc - 1 + SCREEN_EXTRA
-    if N < M + 2 or (torch.jit.is_tracing() and not _can_record_hops()):
-        return _exact_all_pairs(s, Kc, onnx_topk, use_scan)
-    idx, certified = _screened(s, Kc, M, use_scan)
-    if _can_record_hops():
-        return torch.cond(certified, lambda idx, s: idx.clone(),
-                          lambda idx, s: _exact_all_pairs(s, Kc, onnx_topk, use_scan), (idx, s))
-    return idx if bool(certified) else _exact_all_pairs(s, Kc, onnx_topk)
+    use_scan = _can_record_hops()
+    if N < Kc + SCREEN_EXTRA + 1 or (torch.jit.is_tracing() and not use_scan):
+        return _exact_blocked(s, Kc, onnx_topk, use_scan)
+    idx, certified = _screened(s, Kc, onnx_topk, use_scan)
+    if use_scan:
+        return torch.cond(
+            certified.all(), lambda idx, c, s: _dense_copy(idx),
+            lambda idx, c, s: _redo_uncertified(s, idx, c, Kc, onnx_topk, use_scan),
+            (idx, certified, s))
+    if bool(certified.all()):
+        return idx
+    return _redo_uncertified(s, idx, certified, Kc, onnx_topk, use_scan)
 
 
 def aggregate(x, idx, weight, bias=None):
     """Convolution over the clusters in standard ops (Gather, Mul, Add); (B, N, C) out.
 
     Inputs in the compute dtype, ``weight`` (Kc, C); summation order as in every other path
-    (bit-identical outputs in PyTorch); differentiable. Materialises the (Kc, B, N, C)
-    gathered taps: one Gather and one Mul for all taps keep the exported graph small.
+    (bit-identical outputs in PyTorch); differentiable. One Gather, Mul and Add per tap,
+    unrolled, so that a runtime holds the running sum and one gathered tap, never the
+    (Kc, B, N, C) gathered taps.
     """
     B, N, C = x.shape
     Kc = idx.shape[-1]
     offsets = (torch.arange(B, device=x.device) * N)[:, None, None]
-    flat_idx = (idx + offsets).permute(2, 0, 1).reshape(-1)  # tap-major
-    taps = x.reshape(B * N, C).index_select(0, flat_idx).reshape(Kc, B, N, C)
-    taps = taps * weight[:, None, None, :]
-    first = bias + taps[0] if bias is not None else taps[0]
-    return _sequential_sum(first, taps[1:], _can_record_hops() and scan is not None)
+    taps = (idx + offsets).permute(2, 0, 1).reshape(Kc, B * N)  # tap-major flat indices
+    flat = x.reshape(B * N, C)
+    out = flat.index_select(0, taps[0]) * weight[0]
+    if bias is not None:
+        out = bias + out
+    for k in range(1, Kc):
+        # ``+ out[:0].sum()`` (an exact 0) makes tap k's Gather wait for the sum of the taps
+        # before it: without it, ONNX Runtime's graph optimiser runs all Gathers first and
+        # holds Kc gathered (B, N, C) tensors at once (measured: 170 instead of 42 MB at
+        # N = 10000, C = 160, K = 12)
+        tap = taps[k] + out[:0].sum().to(taps.dtype)
+        out = out + flat.index_select(0, tap) * weight[k]
+    return out.reshape(B, N, C)

@@ -86,22 +86,44 @@ def test_non_finite_inputs():
     assert torch.equal(cluster(x, 6, 1, impl='export'), cluster_bruteforce(x, 6, 1))
 
 
-def test_exact_fallback_only_when_the_screen_cannot_certify(monkeypatch):
-    calls = []
-    original = export_mod._exact_all_pairs
+def test_exact_fallback_only_where_the_screen_cannot_certify(monkeypatch):
+    redone = []
+    original = export_mod._exact_rows
 
-    def spy(*args, **kwargs):
-        calls.append(1)
-        return original(*args, **kwargs)
+    def spy(s, rid, *args, **kwargs):
+        redone.append(rid.clone())
+        return original(s, rid, *args, **kwargs)
 
-    monkeypatch.setattr(export_mod, '_exact_all_pairs', spy)
-    x = randn(2, 300, 160, seed=12)
+    monkeypatch.setattr(export_mod, '_exact_rows', spy)
+    x = randn(2, 700, 160, seed=12)
     assert torch.equal(cluster(x, 12, 8, impl='export'), cluster(x, 12, 8))
-    assert not calls  # ordinary data: certified, candidates only
-    x[0, 150:] = x[0, :150]  # every patch has a twin
-    x[0, 20:60] = x[0, 10]  # and 41 identical ones: more ties than candidates
+    assert not redone  # ordinary data: certified, candidates only
+    x[0, 650:] = x[0, 550:600]  # twins (the screen certifies those)
+    x[0, 600:641] = 10.  # 41 identical patches far from the others: more ties than candidates
     assert torch.equal(cluster(x, 12, 8, impl='export'), cluster_bruteforce(x, 12, 8))
-    assert calls
+    # only the row blocks that hold uncertified rows were redone
+    rows = torch.cat(redone).unique()
+    R = export_mod.ROW_BLOCK
+    assert 0 < len(redone) <= 640 // R - 600 // R + 1
+    assert rows.min() >= 600 // R * R
+
+
+def test_row_blocks_bound_the_temporaries(monkeypatch):
+    # every (B, rows, N) temporary of the clustering has ROW_BLOCK rows: memory N * block
+    x = randn(1, 3000, 64, seed=14)
+    expected = cluster(x, 12, 8)
+    shapes = []
+    original = torch.matmul
+
+    def spy(a, b):
+        out = original(a, b)
+        shapes.append(tuple(out.shape))
+        return out
+
+    monkeypatch.setattr(export_mod.torch, 'matmul', spy)
+    assert torch.equal(cluster(x, 12, 8, impl='export'), expected)
+    G = export_mod.COL_GROUP
+    assert shapes and all(s == (1, G, export_mod.ROW_BLOCK, 3000 // G + 1) for s in shapes)
 
 
 @pytest.mark.parametrize('dtype', [torch.float32, torch.float64, torch.bfloat16])
@@ -174,6 +196,17 @@ def _inputs_for_ort():
     return dict(plain=plain, duplicates=dup, integers=ints, nan=nan)
 
 
+def _all_nodes(graph):
+    """The nodes of an ONNX graph and of its subgraphs (If branches, Scan bodies)."""
+    nodes = []
+    for node in graph.node:
+        nodes.append(node)
+        for attr in node.attribute:
+            for sub in ([attr.g] if attr.HasField('g') else []) + list(attr.graphs):
+                nodes.extend(_all_nodes(sub))
+    return nodes
+
+
 @pytest.mark.parametrize('dynamo', [True, False])
 def test_onnx_runtime_identical_indices_and_outputs(tmp_path, dynamo):
     # dynamo: the screened clustering with an If for the exact fallback; the legacy
@@ -193,10 +226,13 @@ def test_onnx_runtime_identical_indices_and_outputs(tmp_path, dynamo):
             dynamo=dynamo,
             verbose=False,
             **({} if dynamo else dict(opset_version=17)))
-    graph = onnx.load(path).graph
-    ops = {n.op_type for n in graph.node}
-    assert {'MatMul', 'TopK', 'If'} <= ops if dynamo else 'TopK' in ops and 'If' not in ops
-    assert all(n.domain in ('', 'ai.onnx') for n in graph.node)  # no custom operators
+    nodes = _all_nodes(onnx.load(path).graph)
+    ops = {n.op_type for n in nodes}
+    if dynamo:  # the row blocks in a Scan, the fallback in an If
+        assert {'MatMul', 'TopK', 'If', 'Scan', 'ReduceMin'} <= ops
+    else:  # blocks unrolled, no control flow
+        assert 'TopK' in ops and not {'If', 'Scan', 'Loop'} & ops
+    assert all(n.domain in ('', 'ai.onnx') for n in nodes)  # no custom operators
     session = ort.InferenceSession(path, providers=['CPUExecutionProvider'])
     for name, x in inputs.items():
         y, idx = session.run(None, {'x': x.numpy()})
@@ -206,4 +242,4 @@ def test_onnx_runtime_identical_indices_and_outputs(tmp_path, dynamo):
         np.testing.assert_allclose(y, y_ref.numpy(), rtol=0, atol=1e-5, err_msg=name)
     # the screen cannot certify the duplicated image: ORT took the exact branch there
     s = subvectors(inputs['duplicates'], 8)
-    assert not bool(export_mod._screened(s, 12, 12 - 1 + export_mod.SCREEN_EXTRA)[1])
+    assert not bool(export_mod._screened(s, 12, False, False)[1].all())

@@ -1,0 +1,156 @@
+"""The exported clustering at sizes where an N x N matrix would be large: ONNX Runtime's
+indices equal to the PyTorch path's (ties, duplicated patches) with memory far below N^2;
+``torch.export`` round trips equal to eager."""
+import json
+import subprocess
+import sys
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from mmdccnext.deployment import backbone_module
+from mmdccnext.models.backbones import DCCNeXt
+from mmdccnext.ops import DCConv, cluster, dcconv
+
+ort = pytest.importorskip('onnxruntime', reason='onnxruntime is not installed')
+pytest.importorskip('onnxscript', reason="onnxscript (torch's ONNX exporter) is not installed")
+
+
+class _Layer(torch.nn.Module):
+    """One DCConv layer on (B, N, C) tokens, returning its output and its clusters."""
+
+    def __init__(self, channels, kernel_size, seed=0):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.layer = DCConv(channels, kernel_size)
+        torch.nn.init.normal_(self.layer.weight)
+        torch.nn.init.normal_(self.layer.bias)
+
+    def forward(self, x):
+        return dcconv(x, self.layer.weight, self.layer.bias, return_indices=True)
+
+
+def _export_layer(path, channels, kernel_size):
+    model = _Layer(channels, kernel_size).eval()
+    n = torch.export.Dim('N', min=kernel_size + 9, max=2**20)
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        program = torch.onnx.export(
+            model, (torch.randn(1, 300, channels), ),
+            input_names=['x'],
+            output_names=['y', 'idx'],
+            dynamic_shapes={'x': {1: n}},
+            dynamo=True,
+            verbose=False)
+    program.save(str(path))
+    return model
+
+
+def _hard_tokens(N, C, seed):
+    """Random tokens with exact and near ties: twins, a run of identical patches, small
+    integers (exact distance ties) and patches a few ulps apart."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(1, N, C, generator=g)
+    a = N // 10
+    x[0, N - a // 2:] = x[0, a:a + a // 2]  # twins far apart
+    x[0, 2 * a:2 * a + 40] = x[0, 2 * a - 1]  # 41 identical patches: more ties than candidates
+    x[0, 3 * a:3 * a + a // 2] = torch.randint(-2, 3, (a // 2, C), generator=g).float()
+    near = x[0, 5 * a:5 * a + 20].repeat(5, 1)
+    x[0, 6 * a:6 * a + 100] = near * (1 + torch.randint(-3, 4, near.shape, generator=g) * 2.0**-23)
+    return x
+
+
+_ORT_CHILD = '''
+import json, sys
+import numpy as np
+import onnxruntime as ort
+from mmdccnext.utils.memory import proc_status, reset_peak_rss
+path, inp, out = sys.argv[1:4]
+x = np.load(inp)
+opts = ort.SessionOptions()
+opts.intra_op_num_threads = 1
+session = ort.InferenceSession(path, opts, providers=['CPUExecutionProvider'])
+base = proc_status()['VmRSS']
+reset_peak_rss()
+y, idx = session.run(None, {'x': x})
+np.save(out, idx)
+print(json.dumps(dict(extra=proc_status()['VmHWM'] - base, out=int(y.nbytes))))
+'''
+
+
+@pytest.mark.parametrize(
+    'N,C,K',
+    [
+        (10000, 160, 12),  # the issue's layer: an N x N float32 matrix would take 400 MB
+        (4000, 320, 12),  # B2, stage 3 at 1280 x 800
+        (1000, 512, 18),  # B2, stage 4 at 1280 x 800
+    ])
+def test_onnx_runtime_equal_indices_in_bounded_memory(tmp_path, N, C, K):
+    path = tmp_path / 'layer.onnx'
+    model = _export_layer(path, C, K)
+    x = _hard_tokens(N, C, seed=N + C)
+    np.save(tmp_path / 'x.npy', x.numpy())
+    # a fresh process: its peak resident set is this run's
+    proc = subprocess.run(
+        [sys.executable, '-c', _ORT_CHILD,
+         str(path), str(tmp_path / 'x.npy'), str(tmp_path / 'idx.npy')],
+        capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    mem = json.loads(proc.stdout.strip().splitlines()[-1])
+    idx = torch.from_numpy(np.load(tmp_path / 'idx.npy'))
+    with torch.no_grad():
+        expected = cluster(x, K, 8)  # the default path (the C++ kernels where built)
+        assert torch.equal(expected, cluster(x, K, 8, impl='pytorch'))
+    assert torch.equal(idx, expected)
+    # the old graph's N x N screen alone was N^2 * 4 bytes (400 MB at N = 10000), plus
+    # its mask and TopK workspace; the row-blocked graph needs a few (B, N, C) tensors
+    assert mem['extra'] < max(64 * 2**20, 8 * mem['out']), mem
+    with torch.no_grad():
+        y, _ = model(x)
+    assert y.shape == (1, N, C)
+
+
+def _tiny_backbone():
+    torch.manual_seed(0)
+    backbone = DCCNeXt(
+        arch=dict(channels=[16, 32, 64, 96], depths=[1, 1, 2, 1]), out_indices=(0, 1, 2, 3),
+        gap_before_final_norm=False, layer_scale_init_value=0.5).eval()
+    return backbone
+
+
+def test_torch_export_round_trip_equal_to_eager():
+    backbone = _tiny_backbone()
+    module = backbone_module(backbone, cluster_indices=True).eval()
+    auto = torch.export.Dim.AUTO
+    with torch.no_grad():
+        program = torch.export.export(
+            module, (torch.randn(2, 3, 256, 224), ),
+            dynamic_shapes={'image': {0: auto, 2: auto, 3: auto}})
+    exported = program.module()
+    g = torch.Generator().manual_seed(1)
+    for shape in [(2, 3, 256, 224), (1, 3, 320, 288), (3, 3, 224, 416)]:
+        image = torch.randn(*shape, generator=g)
+        image[:, :, :64] = 0.5  # a flat region: duplicated patches, the exact fallback
+        with torch.no_grad():
+            ours, eager = exported(image), module(image)
+        assert len(ours) == len(eager) == 4 + 3
+        for a, e in zip(ours[4:], eager[4:]):
+            assert torch.equal(a, e), shape  # the clusters: identical
+        for a, e in zip(ours[:4], eager[:4]):
+            torch.testing.assert_close(a, e, rtol=1e-5, atol=1e-5)
+
+
+def test_torch_export_of_a_layer_is_exact_at_large_n():
+    model = _Layer(160, 12).eval()
+    n = torch.export.Dim('N', min=21, max=2**20)
+    program = torch.export.export(model, (torch.randn(1, 300, 160), ),
+                                  dynamic_shapes={'x': {1: n}})
+    x = _hard_tokens(6000, 160, seed=3)
+    with torch.no_grad():
+        y, idx = program.module()(x)
+        y_ref, idx_ref = model(x)
+    assert torch.equal(idx, idx_ref)
+    assert torch.equal(y, dcconv(x, model.layer.weight, model.layer.bias, impl='export'))
+    torch.testing.assert_close(y, y_ref, rtol=0, atol=1e-4)
