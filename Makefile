@@ -17,9 +17,10 @@ demo: env
 	$(PY) tools/misc/demo.py $(DEMO_ARGS)
 
 lint: env
-	$(PY) -m flake8 mmdccnext tools tests configs setup.py
-	$(PY) -m isort --check-only --diff mmdccnext tools tests setup.py
+	$(PY) -m flake8 mmdccnext tools tests configs setup.py conftest.py
+	$(PY) -m isort --check-only --diff mmdccnext tools tests setup.py conftest.py
 
+# pytest's testpaths (setup.cfg): tests/, and every code block of README.md and docs/en.
 test: env lint
 	@bash tools/misc/install_slurm.sh
 	$(PY) -m pytest $(PYTEST_ARGS)
@@ -30,8 +31,8 @@ test-quick: env lint
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
 format: env
-	$(PY) -m isort mmdccnext tools tests setup.py
-	$(PY) -m yapf -i -r mmdccnext tools tests configs setup.py
+	$(PY) -m isort mmdccnext tools tests setup.py conftest.py
+	$(PY) -m yapf -i -r mmdccnext tools tests configs setup.py conftest.py
 
 clean:
 	rm -rf build *.egg-info mmdccnext/_ext*.so

@@ -136,3 +136,75 @@ def test_model_zoo_check_fails_on_a_stale_page():
     assert fresh == f'intro\n{tool.BEGIN}| new |\n{tool.END}outro\n'
     with pytest.raises(ValueError, match='expected one'):
         tool.render('no markers', '| new |\n')
+
+
+# ------------------------------------------------------------------------------------------
+# The code blocks: pytest-codeblocks runs them (setup.cfg, conftest.py); these tests keep the
+# pages within what it runs and make a block that does not run say why.
+# ------------------------------------------------------------------------------------------
+RUNNABLE = ('python', 'bash', 'sh')
+#: tags of fences that do not run (outputs, layouts, formulas, data)
+NOT_RUN = ('text', 'yaml', 'bibtex', 'json', 'diff')
+FENCE_OPEN = re.compile(r'^\s*(```+|~~~+)\s*(\S*)')
+
+
+def fences(path):
+    """``(line number, opening fence, language tag, code lines)`` of every fenced block."""
+    with open(path, encoding='utf-8') as f:
+        lines = f.read().splitlines()
+    blocks, i = [], 0
+    while i < len(lines):
+        match = FENCE_OPEN.match(lines[i])
+        if match:
+            fence, tag = match.groups()
+            end = next(j for j in range(i + 1, len(lines)) if lines[j].strip() == fence)
+            blocks.append((i + 1, fence, tag, lines[i + 1:end]))
+            i = end
+        i += 1
+    return blocks
+
+
+@pytest.mark.parametrize('page', PAGES, ids=lambda p: osp.relpath(p, REPO))
+def test_every_fence_is_tagged_and_runnable_ones_are_what_the_runner_collects(page):
+    from pytest_codeblocks import extract_from_file
+    problems, expected = [], []
+    for number, fence, tag, code in fences(page):
+        where = f'{osp.relpath(page, REPO)}:{number}'
+        if fence != '```':
+            problems.append(f'{where}: fence {fence!r}: pytest-codeblocks reads only ```')
+        elif tag in RUNNABLE:
+            expected.append((number, '\n'.join(code)))
+        elif tag not in NOT_RUN:
+            problems.append(f'{where}: fence tagged {tag!r}: a command is ```bash, Python is '
+                            f'```python, anything else that does not run is ```text')
+        if tag in RUNNABLE:
+            problems += [f'{where}: {line.strip()!r}: write `python`, as in an entered '
+                         f'environment (README, Install)' for line in code
+                         if '.venv/bin/python' in line.split('#')[0]]
+    collected = [(b.lineno, b.code.rstrip('\n')) for b in extract_from_file(page)
+                 if b.syntax in RUNNABLE]
+    assert not problems, '\n'.join(problems)
+    assert [n for n, _ in collected] == [n for n, _ in expected]
+
+
+@pytest.mark.parametrize('page', PAGES, ids=lambda p: osp.relpath(p, REPO))
+def test_a_block_that_does_not_run_says_why(page):
+    from pytest_codeblocks import extract_from_file
+    problems = []
+    for block in extract_from_file(page):
+        for mark in block.marks:
+            mark = eval(mark, {'pytest': pytest, 'sys': __import__('sys')})
+            if mark.name in ('skip', 'skipif', 'xfail') and not mark.kwargs.get('reason'):
+                problems.append(f'{osp.relpath(page, REPO)}:{block.lineno}: '
+                                f'pytest.mark.{mark.name} without reason="..."')
+    assert not problems, '\n'.join(problems)
+
+
+def test_make_test_runs_the_blocks_of_readme_and_every_docs_page(pytestconfig):
+    assert pytestconfig.getoption('codeblocks'), 'setup.cfg addopts: --codeblocks'
+    paths = pytestconfig.getini('testpaths')
+    assert {'tests', 'README.md', 'docs/en'} <= set(paths), paths
+    with open(osp.join(REPO, 'Makefile'), encoding='utf-8') as f:
+        target = f.read().split('\ntest:')[1].split('\n\n')[0]
+    # `make test` runs pytest without paths of its own, i.e. over testpaths
+    assert re.search(r'\$\(PY\) -m pytest \$\(PYTEST_ARGS\)\s*$', target), target

@@ -9,10 +9,9 @@ Files are kept in $TORCH_HOME/hub/checkpoints (or --dest) and checked against th
 their name or in the model index; $MMDCCNEXT_MODEL_ZOO_MIRROR sets a mirror for zoo files.
 """
 import argparse
-import sys
 
-from mmdccnext.apis import NoWeightsError, fetch_checkpoint, load_model_index
-from mmdccnext.apis.zoo import UnknownModelError
+from mmdccnext.apis import fetch_checkpoint, load_model_index
+from mmdccnext.apis.cli import run
 
 
 def parse_args(argv=None):
@@ -33,10 +32,8 @@ def main(argv=None):
         for name, entry in load_model_index().items():
             print(f"{name:48s} {entry.get('Weights') or 'no weights released'}")
         return
-    try:
-        print(fetch_checkpoint(args.source, cache_dir=args.dest, progress=not args.no_progress))
-    except (NoWeightsError, UnknownModelError) as error:  # the user's input: no traceback
-        sys.exit(str(error))
+    # an unknown name, unreleased weights, a failed download: one message, no traceback
+    print(run(fetch_checkpoint, args.source, args.dest, not args.no_progress))
 
 
 if __name__ == '__main__':

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Usage: [GPUS=8] [GPUS_PER_NODE=8] [CPUS_PER_TASK=5] [SRUN_ARGS=...] [GRES=gpu:8]
 #        tools/slurm_test.sh PARTITION JOB_NAME CONFIG CHECKPOINT [test.py args...]
-# GRES=none asks for no generic resources (CPU-only clusters).
+# GRES=none asks for no generic resources (CPU-only clusters). PYTHON as in slurm_train.sh.
 set -euo pipefail
 PARTITION=${1:?usage: slurm_test.sh PARTITION JOB_NAME CONFIG CHECKPOINT [args...]}
 JOB_NAME=${2:?usage: slurm_test.sh PARTITION JOB_NAME CONFIG CHECKPOINT [args...]}
@@ -12,8 +12,9 @@ GPUS_PER_NODE=${GPUS_PER_NODE:-8}
 CPUS_PER_TASK=${CPUS_PER_TASK:-5}
 SRUN_ARGS=${SRUN_ARGS:-}
 GRES=${GRES:-gpu:$GPUS_PER_NODE}
-PYTHON=${PYTHON:-python}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
+# shellcheck source=misc/launcher_python.sh
+source "$ROOT/tools/misc/launcher_python.sh"  # PYTHON
 gres_arg=()
 [ "$GRES" = none ] || gres_arg=(--gres="$GRES")
 

@@ -2,7 +2,8 @@
 # Usage: [GPUS=8] [GPUS_PER_NODE=8] [CPUS_PER_TASK=5] [SRUN_ARGS=...] [GRES=gpu:8]
 #        tools/slurm_train.sh PARTITION JOB_NAME CONFIG WORK_DIR [train.py args...]
 # One srun task per process, MMEngine's slurm launcher. GRES defaults to gpu:$GPUS_PER_NODE;
-# GRES=none asks for no generic resources (CPU-only clusters).
+# GRES=none asks for no generic resources (CPU-only clusters). PYTHON: the interpreter
+# (default: the checkout's .venv/bin/python when it exists, else python).
 set -euo pipefail
 PARTITION=${1:?usage: slurm_train.sh PARTITION JOB_NAME CONFIG WORK_DIR [args...]}
 JOB_NAME=${2:?usage: slurm_train.sh PARTITION JOB_NAME CONFIG WORK_DIR [args...]}
@@ -13,8 +14,9 @@ GPUS_PER_NODE=${GPUS_PER_NODE:-8}
 CPUS_PER_TASK=${CPUS_PER_TASK:-5}
 SRUN_ARGS=${SRUN_ARGS:-}
 GRES=${GRES:-gpu:$GPUS_PER_NODE}
-PYTHON=${PYTHON:-python}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
+# shellcheck source=misc/launcher_python.sh
+source "$ROOT/tools/misc/launcher_python.sh"  # PYTHON
 gres_arg=()
 [ "$GRES" = none ] || gres_arg=(--gres="$GRES")
 

@@ -4,6 +4,7 @@ import argparse
 from mmengine.config import DictAction
 
 from mmdccnext.apis import test_from_args
+from mmdccnext.apis.cli import run
 
 
 def parse_args(argv=None):
@@ -13,7 +14,10 @@ def parse_args(argv=None):
         'checkpoint',
         help='checkpoint: a file, an http(s) URL, or a model-zoo name (zoo://<name> or <name>)')
     parser.add_argument('--work-dir', help='directory for the evaluation logs')
-    parser.add_argument('--show-dir', help='write pictures of the predictions here')
+    parser.add_argument(
+        '--show-dir',
+        help='write a picture of each prediction into this folder (relative to the current '
+        'folder, not to the work dir)')
     parser.add_argument('--out', help='dump the raw predictions to this pickle file')
     parser.add_argument(
         '--cfg-options', nargs='+', action=DictAction, default={},
@@ -26,7 +30,7 @@ def parse_args(argv=None):
 
 
 def main(argv=None):
-    test_from_args(parse_args(argv))
+    run(test_from_args, parse_args(argv))
 
 
 if __name__ == '__main__':

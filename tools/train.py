@@ -9,6 +9,7 @@ import argparse
 from mmengine.config import DictAction
 
 from mmdccnext.apis import train_from_args
+from mmdccnext.apis.cli import run
 
 
 def parse_args(argv=None):
@@ -34,7 +35,7 @@ def parse_args(argv=None):
 
 
 def main(argv=None):
-    train_from_args(parse_args(argv))
+    run(train_from_args, parse_args(argv))
 
 
 if __name__ == '__main__':

@@ -18,6 +18,7 @@ from mmengine.logging import MMLogger
 from mmengine.runner import load_checkpoint
 
 from mmdccnext.utils.version_check import check_mmcv
+from .cli import check_positionals
 from .zoo import find_entry, model_index_file
 
 #: The config's ``default_scope`` -> the library function that builds its model.
@@ -109,6 +110,10 @@ def init_model(config, checkpoint=None, device='cpu', cfg_options=None, *, seed=
     from ``checkpoint`` only). Detection and segmentation models need mmcv's compiled ops,
     which are checked first. Returns the model, with the config as ``model.cfg``.
     """
+    if checkpoint is not None:  # checked before the (slow) build
+        if not (osp.isfile(checkpoint) or '://' in checkpoint):
+            raise FileNotFoundError(f'checkpoint: no such file {checkpoint!r}')
+        check_positionals('init_model(config, checkpoint=None, ...)', checkpoint=checkpoint)
     cfg = get_config(config, cfg_options)
     scope = cfg.get('default_scope')
     if scope not in BUILDERS:
@@ -133,8 +138,6 @@ def init_model(config, checkpoint=None, device='cpu', cfg_options=None, *, seed=
         if init_weights:
             _quiet_init_weights(model)
     else:
-        if not (osp.isfile(checkpoint) or '://' in checkpoint):
-            raise FileNotFoundError(f'checkpoint: no such file {checkpoint!r}')
         loaded = load_checkpoint(model, checkpoint, map_location='cpu', strict=strict,
                                  logger='current')
         dataset_meta = (loaded.get('meta') or {}).get('dataset_meta') \

@@ -17,6 +17,7 @@ from mmengine.runner import Runner, find_latest_checkpoint
 
 from mmdccnext.utils.checkpoint import CheckpointError, diagnose_checkpoint_file
 from mmdccnext.utils.version_check import check_mmcv
+from .cli import ArgumentError, check_positionals
 from .data_check import check_data_roots
 from .dist import setup_cpu_distributed
 from .zoo import ZOO_PREFIX, UnknownModelError, lookup
@@ -33,8 +34,8 @@ def load_config(config, cfg_options=None, work_dir=None, launcher='none'):
         cfg.merge_from_dict(cfg_options)
     scope = cfg.get('default_scope')
     if scope not in TASKS:
-        raise ValueError(f'config: default_scope must be one of {TASKS} (it picks the '
-                         f'task), got {scope!r} in {config}')
+        raise ArgumentError(f'config: default_scope must be one of {TASKS} (it picks the '
+                            f'task), got {scope!r} in {config}')
     cfg.launcher = launcher
     if work_dir is not None:
         cfg.work_dir = work_dir
@@ -49,17 +50,17 @@ def enable_amp(cfg):
         print_log('AMP training is already enabled in the config.', logger='current')
         return
     if optim_wrapper != 'OptimWrapper':
-        raise ValueError(f'--amp: needs optim_wrapper.type OptimWrapper, got {optim_wrapper}')
+        raise ArgumentError(f'--amp: needs optim_wrapper.type OptimWrapper, got {optim_wrapper}')
     cfg.optim_wrapper.type = 'AmpOptimWrapper'
     cfg.optim_wrapper.setdefault('loss_scale', 'dynamic')
 
 
-def prepare_runner(cfg, args, loaders):
-    """Check mmcv's ops (detection, segmentation) and the data of ``loaders``, settle the
-    (CPU) distributed set-up, build the Runner."""
+def prepare_runner(cfg, args, data_keys):
+    """Check mmcv's ops (detection, segmentation) and the data of the loaders and
+    evaluators in ``data_keys``, settle the (CPU) distributed set-up, build the Runner."""
     if cfg.default_scope in ('mmdet', 'mmseg'):
         check_mmcv(require_ops=True)  # their models need mmcv's compiled ops
-    check_data_roots(cfg, loaders, args.config)
+    check_data_roots(cfg, data_keys, args.config)
     os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
     setup_cpu_distributed(cfg)
     if 'runner_type' in cfg:
@@ -105,6 +106,7 @@ def resume_checkpoint(work_dir):
 
 
 def train_from_args(args):
+    check_positionals('tools/train.py CONFIG [options]', config=args.config)
     cfg = load_config(args.config, args.cfg_options, args.work_dir, args.launcher)
     if args.amp:
         enable_amp(cfg)
@@ -116,18 +118,24 @@ def train_from_args(args):
         cfg.load_from = args.resume
     if getattr(args, 'auto_scale_lr', False):
         if 'auto_scale_lr' not in cfg or 'base_batch_size' not in cfg.auto_scale_lr:
-            raise ValueError('--auto-scale-lr: the config has no auto_scale_lr.base_batch_size')
+            raise ArgumentError('--auto-scale-lr: the config has no auto_scale_lr.base_batch_size')
         cfg.auto_scale_lr.enable = True
-    runner = prepare_runner(cfg, args, ('train_dataloader', 'val_dataloader'))
+    data_keys = ['train_dataloader']
+    if cfg.get('val_cfg') is not None:  # MMEngine builds the val loader and evaluator only then
+        data_keys += ['val_dataloader', 'val_evaluator']
+    runner = prepare_runner(cfg, args, data_keys)
     runner.train()
     return runner
 
 
 def enable_show_dir(cfg, show_dir):
-    """Turn on the task's visualisation hook, writing pictures to ``show_dir``."""
+    """Turn on the task's visualisation hook, writing pictures to ``show_dir``. The path is
+    made absolute here: the hooks of mmdet and mmseg put a relative one under
+    ``<work_dir>/<timestamp>/``."""
+    show_dir = osp.abspath(show_dir)
     hooks = cfg.default_hooks
     if 'visualization' not in hooks:
-        raise ValueError('--show-dir: the config has no default_hooks.visualization')
+        raise ArgumentError('--show-dir: the config has no default_hooks.visualization')
     vis = hooks.visualization
     if cfg.default_scope == 'mmpretrain':
         vis.update(enable=True, out_dir=show_dir)
@@ -138,7 +146,7 @@ def enable_show_dir(cfg, show_dir):
 
 def add_dump_metric(cfg, out):
     if not out.endswith(('.pkl', '.pickle')):
-        raise ValueError(f'--out: expected a .pkl or .pickle path, got {out!r}')
+        raise ArgumentError(f'--out: expected a .pkl or .pickle path, got {out!r}')
     dump_type = 'DumpDetResults' if cfg.default_scope == 'mmdet' else 'DumpResults'
     dump = dict(type=dump_type, out_file_path=out)
     evaluator = cfg.test_evaluator
@@ -169,7 +177,7 @@ def check_key_match(model, checkpoint, source):
     wanted = set(model.state_dict())
     matched = keys & wanted
     if not matched:
-        raise ValueError(
+        raise ArgumentError(
             f'checkpoint {source}: none of its {len(keys)} keys (e.g. {sorted(keys)[:3]}) is a '
             f'key of the model ({len(wanted)} keys, e.g. {sorted(wanted)[:3]}): it is not a '
             f'checkpoint of this config, and testing it would score random weights')
@@ -182,6 +190,8 @@ def check_key_match(model, checkpoint, source):
 
 
 def test_from_args(args):
+    check_positionals('tools/test.py CONFIG CHECKPOINT', config=args.config,
+                      checkpoint=args.checkpoint)
     cfg = load_config(args.config, args.cfg_options, args.work_dir, args.launcher)
     source = checkpoint_source(args.checkpoint)
     cfg.load_from = None  # loaded below, so that its keys can be checked
@@ -190,7 +200,7 @@ def test_from_args(args):
         enable_show_dir(cfg, args.show_dir)
     if args.out:
         add_dump_metric(cfg, args.out)
-    runner = prepare_runner(cfg, args, ('test_dataloader', ))
+    runner = prepare_runner(cfg, args, ('test_dataloader', 'test_evaluator'))
     checkpoint = runner.load_checkpoint(source, map_location='cpu')
     check_key_match(runner.model, checkpoint, source)
     return runner.test()

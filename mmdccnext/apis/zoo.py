@@ -12,10 +12,10 @@ verified, cached download of :mod:`mmdccnext.apis.download` (from the mirror in
 yet) gives one clear error saying how to get weights. ``$MMDCCNEXT_MODEL_INDEX`` points the
 zoo at another model-index file.
 """
+import difflib
 import os
 import os.path as osp
 
-from mmengine.fileio import load
 from mmengine.runner.checkpoint import CheckpointLoader
 
 from .download import (download_checkpoint, load_checkpoint_from_url, mirrored_url,
@@ -60,26 +60,38 @@ def configs_root(index_file=None):
 
 
 def load_model_index(index_file=None):
-    """``{name: entry}`` over ``model-index.yml`` and every metafile it imports."""
-    index_file = index_file or model_index_file()
-    root = osp.dirname(index_file)
-    index = load(index_file) or {}
-    sources = [(index_file, index)]
-    for metafile in index.get('Import', []):
-        path = osp.join(root, metafile)
-        if not osp.isfile(path):
-            raise FileNotFoundError(f'{index_file} imports {metafile}, which does not exist')
-        sources.append((path, load(path) or {}))
+    """``{name: entry}`` over the model index and every file it imports, in any layout
+    :func:`mmdccnext.apis.model_index.read_model_index` reads (models inline, ``Import`` lists
+    anywhere)."""
+    from .model_index import read_model_index
     entries, origin = {}, {}
-    for path, content in sources:
-        for model in content.get('Models') or []:
-            name = model.get('Name')
-            if not name:
-                raise ValueError(f'{path}: a model entry without Name: {model}')
-            if name in entries:
-                raise ValueError(f'{path}: model name {name!r} is already used in {origin[name]}')
-            entries[name], origin[name] = model, path
+    for model, path in read_model_index(index_file or model_index_file()):
+        name = model.get('Name')
+        if not name:
+            raise ValueError(f'{path}: a model entry without Name: {model}')
+        if name in entries:
+            raise ValueError(f'{path}: model name {name!r} is already used in {origin[name]}')
+        entries[name], origin[name] = model, path
     return entries
+
+
+def nearest_names(name, known, n=3, cutoff=0.6):
+    """``did you mean ...?`` with the known names closest to ``name`` (case ignored; a name
+    typed short is compared with the start of each known one too), or all known names when
+    none is close."""
+    name = name.lower()
+
+    def similarity(candidate):
+        candidate = candidate.lower()
+        return max(difflib.SequenceMatcher(None, name, candidate).ratio(),
+                   difflib.SequenceMatcher(None, name, candidate[:len(name)]).ratio())
+
+    scores = {k: similarity(k) for k in known}
+    close = sorted((k for k in known if scores[k] >= cutoff), key=lambda k: (-scores[k], k))
+    if close:
+        return (f'did you mean {" or ".join(close[:n])}? (all {len(known)}: '
+                f'python tools/download_checkpoint.py --list)')
+    return f'known names: {", ".join(sorted(known))}'
 
 
 def lookup(name, index_file=None):
@@ -88,7 +100,7 @@ def lookup(name, index_file=None):
     models = load_model_index(index_file)
     if name not in models:
         raise UnknownModelError(f'{ZOO_PREFIX}{name}: no model of that name in the model zoo; '
-                                f'known names: {", ".join(sorted(models))}')
+                                f'{nearest_names(name, models)}')
     return models[name]
 
 
@@ -113,18 +125,38 @@ def find_entry(name_or_config, index_file=None):
                             f'{index_file} and the metafiles it imports)')
 
 
+def final_checkpoint(entry):
+    """Where ``tools/train.py <entry's config>`` writes its last checkpoint: the default work
+    dir ``work_dirs/<config name>/``, ``epoch_<Epochs>.pth`` or ``iter_<Iterations>.pth`` of
+    the entry's metadata."""
+    config = entry.get('Config', '')
+    meta = entry.get('Metadata') or {}
+    if 'Epochs' in meta:
+        last = f'epoch_{meta["Epochs"]}.pth'
+    elif 'Iterations' in meta:
+        last = f'iter_{meta["Iterations"]}.pth'
+    else:
+        last = 'epoch_N.pth'
+    return f'work_dirs/{osp.splitext(osp.basename(config))[0] or entry["Name"]}/{last}'
+
+
 def weights_of(entry):
     """``(url, sha256 or None)`` of an entry's released checkpoint, mirror applied."""
     url = entry.get('Weights')
     if not url:
         name = entry['Name']
         config = entry.get('Config', 'its config')
+        trained = final_checkpoint(entry)
+        if config.startswith('configs/classification/'):
+            use = (f'where a config names it as pretrained backbone, pass that file with '
+                   f'--cfg-options model.backbone.init_cfg.checkpoint={trained} (or '
+                   f'model.backbone.init_cfg=None to start from scratch)')
+        else:
+            use = (f'use that file where the zoo name was given (e.g. tools/test.py CONFIG '
+                   f'{trained})')
         raise NoWeightsError(
             f'{ZOO_PREFIX}{name}: no checkpoint of {name} has been released yet. Train it with '
-            f'`python tools/train.py {config}` and use the checkpoint file instead of the zoo '
-            f'name; where a config names it as pretrained backbone, pass the file with '
-            f'--cfg-options model.backbone.init_cfg.checkpoint=work_dirs/.../epoch_300.pth '
-            f'(or model.backbone.init_cfg=None to start from scratch).')
+            f'`python tools/train.py {config}`, which ends with {trained}; {use}.')
     return mirrored_url(url), entry.get('Weights SHA256')
 
 

@@ -90,10 +90,14 @@ def test_download_tool(torch_home, tmp_path, monkeypatch, zoo_server, published,
     with pytest.raises(SystemExit, match='no checkpoint of tiny-unreleased_in1k has been '
                        'released yet'):
         tool.main(['tiny-unreleased_in1k'])
-    # an unknown name is the user's input too: a message naming the known ones, no traceback
-    with pytest.raises(SystemExit, match=r'^zoo://tiny-nothing: no model of that name in the '
-                       r'model zoo; known names: tiny-dccnext_in1k, tiny-unreleased_in1k$'):
-        tool.main(['tiny-nothing'])
+    # an unknown name is the user's input too: one message, no traceback, with the nearest
+    # names, or all known ones when none is near
+    with pytest.raises(SystemExit, match=r'^error: zoo://tiny-dccnext_in1: no model of that '
+                       r'name in the model zoo; did you mean tiny-dccnext_in1k\? \(all 2: '):
+        tool.main(['tiny-dccnext_in1'])
+    with pytest.raises(SystemExit, match=r'^error: zoo://something-else: no model of that name '
+                       r'in the model zoo; known names: tiny-dccnext_in1k, tiny-unreleased_in1k$'):
+        tool.main(['something-else'])
     with pytest.raises(SystemExit):
         tool.main([])
     assert 'give a zoo name, config or URL, or --list' in capsys.readouterr().err

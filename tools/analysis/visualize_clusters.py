@@ -20,6 +20,7 @@ import argparse
 
 from mmengine.config import DictAction
 
+from mmdccnext.apis.cli import check_positionals, run
 from mmdccnext.visualization import visualize_clusters_from_config
 
 
@@ -58,10 +59,12 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    result = visualize_clusters_from_config(
+    run(check_positionals, 'visualize_clusters.py CONFIG [CHECKPOINT] IMAGE --out OUT',
+        config=args.config, checkpoint=args.checkpoint, image=args.image)
+    result = run(lambda: visualize_clusters_from_config(
         args.config, args.image, args.out, checkpoint=args.checkpoint, blocks=args.blocks,
         centers=args.centers, num_centers=args.num_centers, panel_size=args.panel_size,
-        cfg_options=args.cfg_options, seed=args.seed, device=args.device)
+        cfg_options=args.cfg_options, seed=args.seed, device=args.device))
     model_input = result.model_input
     print(f'model input {tuple(model_input.inputs.shape[2:])} (image resized to '
           f'{model_input.content_shape}; left out: {", ".join(model_input.dropped) or "-"})')

@@ -13,6 +13,7 @@ import argparse
 
 from mmengine.config import DictAction
 
+from mmdccnext.apis.cli import check_positionals, run
 from mmdccnext.visualization import plot_kernel_profiles_from_config
 
 
@@ -33,9 +34,11 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    profiles = plot_kernel_profiles_from_config(
+    run(check_positionals, 'visualize_kernels.py CONFIG [CHECKPOINT] --out OUT',
+        config=args.config, checkpoint=args.checkpoint)
+    profiles = run(lambda: plot_kernel_profiles_from_config(
         args.config, args.out, checkpoint=args.checkpoint, blocks=args.blocks,
-        cfg_options=args.cfg_options, seed=args.seed)
+        cfg_options=args.cfg_options, seed=args.seed))
     for name, profile in profiles.items():
         print(f'{name}: ' + ' '.join(f'{v:.4f}' for v in profile)
               + f'  (tap 0 / mean of the others: {profile[0] / profile[1:].mean():.2f})')
