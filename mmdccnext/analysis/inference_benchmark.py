@@ -26,6 +26,7 @@ alone; an underestimate where the passes reuse memory freed while loading, e.g. 
 Runtime's weight prepacking).
 """
 import json
+import logging
 import math
 import os
 import os.path as osp
@@ -37,7 +38,9 @@ from collections import OrderedDict, namedtuple
 
 import torch
 
+from mmdccnext.apis.inference import config_file
 from mmdccnext.deployment import backbone_module, export_module, ort_session
+from mmdccnext.models.backbones.inference import PROFILER_RANGE
 from mmdccnext.registry import MODELS
 from mmdccnext.utils.memory import proc_status, reset_peak_rss
 
@@ -131,7 +134,9 @@ def time_interleaved(runners, batch, repeat=5, min_seconds=1.0, reference=REFERE
 
     Returns:
         dict: name -> ``{'ips': [per round], 'median_ips', 'ratio': median over rounds of
-        ips / reference's ips (None without the reference)}``.
+        ips / reference's ips (None without the reference), 'cpu_ratio': the same ratio of
+        the process's CPU time per image}``. On a loaded machine the wall-clock ratio is
+        noisy; with one thread the CPU-time ratio is the steadier measure of the work done.
     """
     names = list(runners)
     iters = {}
@@ -140,19 +145,24 @@ def time_interleaved(runners, batch, repeat=5, min_seconds=1.0, reference=REFERE
         runners[name]()
         iters[name] = max(1, math.ceil(min_seconds / max(time.perf_counter() - t0, 1e-6)))
     ips = {name: [] for name in names}
+    cpu_ips = {name: [] for name in names}
     for r in range(repeat):
         for name in names[r % len(names):] + names[:r % len(names)]:
             n = iters[name]
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             for _ in range(n):
                 runners[name]()
             ips[name].append(n * batch / (time.perf_counter() - t0))
+            cpu_ips[name].append(n * batch / max(time.process_time() - c0, 1e-9))
     result = {}
     for name in names:
-        ratio = None
+        ratio = cpu_ratio = None
         if reference in ips:
             ratio = statistics.median(a / b for a, b in zip(ips[name], ips[reference]))
-        result[name] = dict(ips=ips[name], median_ips=statistics.median(ips[name]), ratio=ratio)
+            cpu_ratio = statistics.median(
+                a / b for a, b in zip(cpu_ips[name], cpu_ips[reference]))
+        result[name] = dict(ips=ips[name], median_ips=statistics.median(ips[name]), ratio=ratio,
+                            cpu_ratio=cpu_ratio)
     return result
 
 
@@ -178,16 +188,205 @@ def memory_child(spec):
     return dict(total_bytes=peak - base, inference_bytes=peak - loaded)
 
 
-def measure_memory(model, engine, setting, threads, onnx=None):
-    spec = dict(model=model, engine=engine, setting=setting.name, threads=threads, onnx=onnx)
-    code = ('import json, sys; from mmdccnext.analysis.inference_benchmark import '
-            'memory_child; print(json.dumps(memory_child(json.loads(sys.argv[1]))))')
+def _child(function, spec, what):
+    """``function(spec)`` of this module in a fresh Python process (its JSON result)."""
+    code = (f'import json, sys; from mmdccnext.analysis.inference_benchmark import '
+            f'{function}; print(json.dumps({function}(json.loads(sys.argv[1]))))')
     proc = subprocess.run([sys.executable, '-c', code, json.dumps(spec)],
                           capture_output=True, text=True)
     if proc.returncode != 0:
-        raise RuntimeError(f'memory subprocess for {model} / {engine} / {setting.name} failed:'
-                           f'\n{proc.stderr[-3000:]}')
+        raise RuntimeError(f'memory subprocess for {what} failed:\n{proc.stderr[-3000:]}')
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def measure_memory(model, engine, setting, threads, onnx=None):
+    spec = dict(model=model, engine=engine, setting=setting.name, threads=threads, onnx=onnx)
+    return _child('memory_child', spec, f'{model} / {engine} / {setting.name}')
+
+
+# ------------------------------------------------------------------------------------
+# Whole models: our detector / segmentor configs against their ConvNeXt-T twins
+# ------------------------------------------------------------------------------------
+WholeModel = namedtuple('WholeModel', 'name zoo_name library height width')
+
+#: The paper's downstream models (Tables 3-4), by model-zoo name, at the resolution they are
+#: evaluated at.
+WHOLE_MODELS = OrderedDict((w.name, w) for w in (
+    WholeModel('RetinaNet', 'retinanet_dccnext-b2_fpn_1x_coco', 'mmdet', 800, 1280),
+    WholeModel('Mask R-CNN', 'mask-rcnn_dccnext-b2_fpn_1x_coco', 'mmdet', 800, 1280),
+    WholeModel('Semantic FPN', 'fpn_dccnext-b2_4xb8-40k_ade20k-512x512', 'mmseg', 512, 512),
+))
+WHOLE_BACKBONES = ('DCCNeXt-B2', 'ConvNeXt-T')
+CONVNEXT_T_CHANNELS = (96, 192, 384, 768)
+WHOLE_REST = 'rest (pipeline, post-processing, heads run outside forward)'
+
+
+def whole_model_cfg(task, backbone):
+    """The config of the whole model ``task`` (a key of :data:`WHOLE_MODELS`) with
+    ``backbone``: ``'DCCNeXt-B2'`` is our config file as is; ``'ConvNeXt-T'`` is the same
+    config with ``mmpretrain.ConvNeXt`` tiny (the same stages out, the same drop-path rate) and
+    the neck's input widths set to its channels.
+
+    Mask R-CNN's second stage keeps every box (``test_cfg.rcnn.score_thr = 0``): the models
+    have random weights (:func:`build_whole_model`), whose class scores stay below the usual
+    0.05, which would skip the mask head that a trained model runs on up to 100 boxes; so both
+    twins run it on 100 boxes.
+    """
+    from mmengine.config import Config
+
+    if task not in WHOLE_MODELS:
+        raise KeyError(f'unknown whole model {task!r}; choose from {list(WHOLE_MODELS)}')
+    if backbone not in WHOLE_BACKBONES:
+        raise KeyError(f'unknown backbone {backbone!r}; choose from {list(WHOLE_BACKBONES)}')
+    cfg = Config.fromfile(config_file(WHOLE_MODELS[task].zoo_name))
+    ours = cfg.model.backbone
+    ours.init_cfg = None  # random weights: speed does not depend on them
+    if backbone == 'ConvNeXt-T':
+        import mmpretrain.models  # noqa: F401  (registers mmpretrain.ConvNeXt)
+        cfg.model.backbone = dict(
+            type='mmpretrain.ConvNeXt', arch='tiny', out_indices=ours.out_indices,
+            drop_path_rate=ours.drop_path_rate, gap_before_final_norm=False)
+        cfg.model.neck.in_channels = [CONVNEXT_T_CHANNELS[i] for i in ours.out_indices]
+    if 'rcnn' in cfg.model.get('test_cfg', {}):
+        cfg.model.test_cfg.rcnn.score_thr = 0.
+    return cfg
+
+
+def build_whole_model(task, backbone, seed=0):
+    """The whole model, built by its library's own API (``mmdet.apis.init_detector``,
+    ``mmseg.apis.init_model``) on the CPU, as a user builds it, with the random weights of
+    the config's initialisation (``init_weights``: the heads' prior-probability biases, as at
+    the start of training; PyTorch's default initialisation would score every anchor about
+    0.5 and send all of them through the post-processing)."""
+    from mmengine.logging import MMLogger
+
+    cfg = whole_model_cfg(task, backbone)
+    torch.manual_seed(seed)
+    if WHOLE_MODELS[task].library == 'mmdet':
+        from mmdet.apis import init_detector
+        model = init_detector(cfg, device='cpu')
+    else:
+        from mmseg.apis import init_model
+        model = init_model(cfg, device='cpu')
+    logger = MMLogger.get_current_instance()
+    level = logger.level
+    logger.setLevel(logging.WARNING)  # init_weights logs every parameter at INFO level
+    try:
+        model.init_weights()
+    finally:
+        logger.setLevel(level)
+    return model
+
+
+def make_image(task, seed=0):
+    """A random ``(H, W, 3)`` uint8 image of the size ``task`` is evaluated at."""
+    import numpy as np
+    w = WHOLE_MODELS[task]
+    return np.random.default_rng(seed).integers(0, 256, (w.height, w.width, 3), dtype=np.uint8)
+
+
+def whole_runner(task, model, image):
+    """One image through the library's inference API (``inference_detector`` /
+    ``inference_model``: test pipeline, data preprocessor, model, post-processing)."""
+    if WHOLE_MODELS[task].library == 'mmdet':
+        from mmdet.apis import inference_detector
+        return lambda: inference_detector(model, image)
+    from mmseg.apis import inference_model
+    return lambda: inference_model(model, image)
+
+
+def whole_memory_child(spec):
+    """In a fresh process: memory of a whole model and two images through it."""
+    torch.set_num_threads(spec['threads'])
+    import mmdet.apis  # noqa: F401
+    import mmpretrain.models  # noqa: F401
+    import mmseg.apis  # noqa: F401
+    base = proc_status()['VmRSS']
+    reset_peak_rss()
+    run = whole_runner(spec['task'], build_whole_model(spec['task'], spec['backbone']),
+                       make_image(spec['task']))
+    loaded = proc_status()['VmRSS']
+    run()
+    run()
+    peak = proc_status()['VmHWM']
+    return dict(total_bytes=peak - base, inference_bytes=peak - loaded)
+
+
+def measure_whole_memory(task, backbone, threads):
+    spec = dict(task=task, backbone=backbone, threads=threads)
+    return _child('whole_memory_child', spec, f'{task} / {backbone}')
+
+
+def whole_breakdown(task, model, image):
+    """Milliseconds of one image by part of the model: each direct child of the model
+    whose ``forward`` runs (data preprocessor, backbone, neck, heads; forward hooks) and the
+    rest (test pipeline, post-processing such as NMS, heads that ``predict`` without calling
+    the module, e.g. MMSegmentation's decode head, Python). Also the layout of the maps the
+    backbone hands to the neck."""
+    timings, starts, layout = OrderedDict(), {}, []
+
+    def pre(name):
+        def hook(module, args):
+            starts[name] = time.perf_counter()
+        return hook
+
+    def post(name):
+        def hook(module, args, out):
+            timings[name] = timings.get(name, 0.) + (time.perf_counter() - starts[name]) * 1e3
+            if name == 'backbone':
+                layout[:] = [(tuple(o.shape), o.stride(), o.is_contiguous()) for o in out]
+        return hook
+
+    run = whole_runner(task, model, image)
+    run()  # warm-up
+    handles = []
+    for name, child in model.named_children():
+        handles += [child.register_forward_pre_hook(pre(name)),
+                    child.register_forward_hook(post(name))]
+    try:
+        t0 = time.perf_counter()
+        run()
+        total = (time.perf_counter() - t0) * 1e3
+    finally:
+        for h in handles:
+            h.remove()
+    timings[WHOLE_REST] = max(0., total - sum(timings.values()))
+    timings['total'] = total
+    return timings, layout
+
+
+def run_whole_benchmark(tasks=tuple(WHOLE_MODELS), threads=None, repeat=5, min_seconds=1.0,
+                        memory=True, log=print):
+    """Time (and measure the memory of) every whole model against its ConvNeXt-T twin, one
+    image at a time through the library's inference API, interleaved in one process."""
+    threads = int(threads or torch.get_num_threads())
+    torch.set_num_threads(threads)
+    bad = [t for t in tasks if t not in WHOLE_MODELS]
+    if bad:
+        raise ValueError(f'whole models: unknown {bad}; choose from {list(WHOLE_MODELS)}')
+    results = []
+    for task in tasks:
+        image = make_image(task)
+        runners = {b: whole_runner(task, build_whole_model(task, b), image)
+                   for b in WHOLE_BACKBONES}
+        load_before = os.getloadavg()
+        timing = time_interleaved(runners, 1, repeat, min_seconds)
+        load_after = os.getloadavg()
+        w = WHOLE_MODELS[task]
+        rows = []
+        for b in WHOLE_BACKBONES:
+            row = dict(model=f'{task} {b}', engine='torch', setting=f'{w.width}x{w.height} b1',
+                       threads=threads, load_before=load_before[0], load_after=load_after[0],
+                       **timing[b])
+            if memory:
+                mem = measure_whole_memory(task, b, threads)
+                row['inference_mib'] = mem['inference_bytes'] / 2**20
+                row['total_mib'] = mem['total_bytes'] / 2**20
+            rows.append(row)
+        results += rows
+        log(format_table(rows))
+        del runners
+    return results
 
 
 # ------------------------------------------------------------------------------------
@@ -238,7 +437,10 @@ def time_breakdown(model, x):
             total = (time.perf_counter() - t0) * 1e3
     spent = {}
     for event in prof.events():
-        if event.cpu_parent is None:  # called from Python: children are part of it
+        # called from Python (children are part of it); the backbone's fast-path range is
+        # only a frame around the operations of its pass
+        parent = event.cpu_parent
+        if event.name != PROFILER_RANGE and (parent is None or parent.name == PROFILER_RANGE):
             kind = _kind(event)
             spent[kind] = spent.get(kind, 0.) + event.cpu_time_total / 1e3
     out = OrderedDict(sorted(spent.items(), key=lambda kv: -kv[1]))
@@ -303,13 +505,14 @@ def run_benchmark(models=MODEL_NAMES, settings=tuple(SETTINGS), engines=ENGINES,
 def format_table(rows):
     """Markdown table of result rows."""
     lines = ['| setting | engine | model | images/s (median) | vs ConvNeXt-T (median ratio) '
-             '| model + inference MiB | inference MiB | load (1 min) |',
-             '|---|---|---|---|---|---|---|---|']
+             '| CPU time, vs ConvNeXt-T | model + inference MiB | inference MiB | load (1 min) |',
+             '|---|---|---|---|---|---|---|---|---|']
     for r in rows:
         ratio = f'{r["ratio"]:.2f}x' if r.get('ratio') is not None else 'n/a'
+        cpu_ratio = f'{r["cpu_ratio"]:.2f}x' if r.get('cpu_ratio') is not None else 'n/a'
         total = f'{r["total_mib"]:.0f}' if 'total_mib' in r else '-'
         inference = f'{r["inference_mib"]:.0f}' if 'inference_mib' in r else '-'
         lines.append(f'| {r["setting"]} | {r["engine"]} | {r["model"]} | '
-                     f'{r["median_ips"]:.2f} | {ratio} | {total} | {inference} | '
+                     f'{r["median_ips"]:.2f} | {ratio} | {cpu_ratio} | {total} | {inference} | '
                      f'{r["load_before"]:.1f} -> {r["load_after"]:.1f} |')
     return '\n'.join(lines)

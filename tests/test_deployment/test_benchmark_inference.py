@@ -7,8 +7,10 @@ import pytest
 import torch
 
 from mmdccnext.analysis.inference_benchmark import (SETTINGS, UNACCOUNTED, backbone_cfg,
-                                                    build_backbone, make_input, measure_memory,
-                                                    time_breakdown, time_interleaved)
+                                                    build_backbone, build_whole_model, make_image,
+                                                    make_input, measure_memory, run_whole_benchmark,
+                                                    time_breakdown, time_interleaved,
+                                                    whole_breakdown, whole_model_cfg)
 
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 
@@ -33,6 +35,7 @@ def test_time_interleaved_rounds_and_ratios():
     expected = statistics.median(o / r for o, r in zip(ips, result['ConvNeXt-T']['ips']))
     assert result['other']['ratio'] == pytest.approx(expected)
     assert result['other']['median_ips'] == statistics.median(ips)
+    assert result['ConvNeXt-T']['cpu_ratio'] == 1.0 and result['other']['cpu_ratio'] > 0
     # warm-up + 3 rounds each, the order rotating: round 2 starts with 'other'
     assert calls[:2] == ['ref', 'other'] and calls[2:4] == ['ref', 'other']
     assert calls[4:6] == ['other', 'ref']
@@ -77,3 +80,34 @@ def test_cli_rejects_bad_values():
         tool.parse_args(['--models', 'ViT-B'])
     args = tool.parse_args(['--settings', '224x224 b32', '--engines', 'torch'])
     assert args.settings == ['224x224 b32'] and args.engines == ['torch']
+
+
+def test_whole_model_twins_differ_only_in_the_backbone():
+    ours = whole_model_cfg('Mask R-CNN', 'DCCNeXt-B2')
+    twin = whole_model_cfg('Mask R-CNN', 'ConvNeXt-T')
+    assert ours.model.backbone.type == 'mmdccnext.DCCNeXt' and ours.model.backbone.init_cfg is None
+    assert twin.model.backbone.type == 'mmpretrain.ConvNeXt' and twin.model.backbone.arch == 'tiny'
+    assert twin.model.backbone.out_indices == ours.model.backbone.out_indices == (0, 1, 2, 3)
+    assert ours.model.neck.in_channels == [64, 128, 320, 512]
+    assert twin.model.neck.in_channels == [96, 192, 384, 768]
+    assert ours.model.roi_head == twin.model.roi_head and ours.model.test_cfg == twin.model.test_cfg
+    assert twin.model.test_cfg.rcnn.score_thr == 0  # the mask head runs on 100 boxes
+    retina = whole_model_cfg('RetinaNet', 'ConvNeXt-T')
+    assert retina.model.neck.in_channels == [192, 384, 768]  # stages 2-4, as ours
+    with pytest.raises(KeyError, match='unknown whole model'):
+        whole_model_cfg('YOLO', 'DCCNeXt-B2')
+    with pytest.raises(KeyError, match='unknown backbone'):
+        whole_model_cfg('RetinaNet', 'ResNet-50')
+
+
+def test_whole_models_through_the_libraries_inference_api():
+    model = build_whole_model('Semantic FPN', 'DCCNeXt-B2')
+    spent, layout = whole_breakdown('Semantic FPN', model, make_image('Semantic FPN'))
+    for part in ('backbone', 'neck', 'total'):
+        assert spent[part] > 0, part
+    assert [shape for shape, _, _ in layout] == [(1, 64, 128, 128), (1, 128, 64, 64),
+                                                 (1, 320, 32, 32), (1, 512, 16, 16)]
+    rows = run_whole_benchmark(['Semantic FPN'], threads=1, repeat=1, min_seconds=0.,
+                               memory=False, log=lambda table: None)
+    assert [r['model'] for r in rows] == ['Semantic FPN DCCNeXt-B2', 'Semantic FPN ConvNeXt-T']
+    assert rows[1]['ratio'] == 1.0 and rows[0]['ratio'] > 0 and rows[0]['setting'] == '512x512 b1'

@@ -1,7 +1,10 @@
 """Inference images/s and memory: DCCNeXt-B0/B1/B2 vs ConvNeXt-T and ResNet-50 (CPU).
 
-PyTorch eager and ONNX Runtime, same process, same threads, same input; interleaved rounds,
-medians and ratios to ConvNeXt-T (see :mod:`mmdccnext.analysis.inference_benchmark`).
+Backbones in PyTorch eager and ONNX Runtime, and whole models (RetinaNet, Mask R-CNN, Semantic
+FPN with DCCNeXt-B2 against the same config with ConvNeXt-T, through the libraries' inference
+APIs): every model built as the libraries build it, same process, same threads, same input;
+interleaved rounds, medians and ratios to ConvNeXt-T (see
+:mod:`mmdccnext.analysis.inference_benchmark`).
 
 Examples::
 
@@ -10,6 +13,8 @@ Examples::
         --settings "224x224 b32" --engines torch --no-memory
     python tools/analysis/benchmark_inference.py --profile --models DCCNeXt-B2 ConvNeXt-T \\
         --settings "1280x800 b1"
+    python tools/analysis/benchmark_inference.py --whole RetinaNet "Mask R-CNN" "Semantic FPN"
+    python tools/analysis/benchmark_inference.py --whole RetinaNet --profile
 """
 import argparse
 import json
@@ -18,8 +23,11 @@ import platform
 
 import torch
 
-from mmdccnext.analysis.inference_benchmark import (ENGINES, MODEL_NAMES, SETTINGS, build_backbone,
-                                                    make_input, run_benchmark, time_breakdown)
+from mmdccnext.analysis.inference_benchmark import (ENGINES, MODEL_NAMES, SETTINGS, WHOLE_BACKBONES,
+                                                    WHOLE_MODELS, build_backbone, build_whole_model,
+                                                    make_image, make_input, run_benchmark,
+                                                    run_whole_benchmark, time_breakdown,
+                                                    whole_breakdown)
 from mmdccnext.utils.fileio import write_file_atomic
 
 
@@ -28,6 +36,10 @@ def parse_args(argv=None):
     parser.add_argument('--models', nargs='+', default=list(MODEL_NAMES), choices=MODEL_NAMES)
     parser.add_argument('--settings', nargs='+', default=list(SETTINGS), choices=list(SETTINGS))
     parser.add_argument('--engines', nargs='+', default=list(ENGINES), choices=ENGINES)
+    parser.add_argument(
+        '--whole', nargs='+', choices=list(WHOLE_MODELS), metavar='MODEL',
+        help=f'instead of the backbones: whole models ({", ".join(WHOLE_MODELS)}) with '
+        'DCCNeXt-B2 against the same config with ConvNeXt-T')
     parser.add_argument('--threads', type=int, default=torch.get_num_threads())
     parser.add_argument('--repeat', type=int, default=5, help='interleaved rounds (median)')
     parser.add_argument(
@@ -39,7 +51,8 @@ def parse_args(argv=None):
     parser.add_argument('--json', help='also write all results to this JSON file')
     parser.add_argument(
         '--profile', action='store_true',
-        help='instead of timing: where the time of one eager forward pass goes')
+        help='instead of timing: where the time of one eager forward pass goes (with '
+        '--whole: of one image, by part of the model)')
     args = parser.parse_args(argv)
     if args.threads < 1 or args.repeat < 1:
         parser.error('--threads and --repeat must be >= 1')
@@ -51,6 +64,22 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
     print(f'{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch '
           f'{torch.__version__}, threads {args.threads}, load {os.getloadavg()[0]:.1f}')
+    if args.whole and args.profile:
+        for task in args.whole:
+            for backbone in WHOLE_BACKBONES:
+                spent, layout = whole_breakdown(task, build_whole_model(task, backbone),
+                                                make_image(task))
+                parts = ', '.join(f'{k} {v:.0f} ms' for k, v in spent.items())
+                print(f'{task} | {backbone} | {parts}')
+                print(f'    maps handed to the neck (shape, stride, contiguous): {layout}')
+        return
+    if args.whole:
+        results = run_whole_benchmark(
+            args.whole, args.threads, args.repeat, args.min_seconds, memory=not args.no_memory,
+            log=lambda table: print(table + '\n', flush=True))
+        if args.json:
+            write_file_atomic(args.json, json.dumps(results, indent=1))
+        return
     if args.profile:
         for name in args.settings:
             setting = SETTINGS[name]
