@@ -152,7 +152,11 @@ def test_cli_exports_classifier_and_backbone_with_checkpoint(tmp_path, capsys):
                        '--cluster-indices'])
     printed = capsys.readouterr().out
     backbone_file = str(tmp_path / 'out' / 'tiny_backbone.onnx')
-    assert out in printed and backbone_file in printed and 'norm0, norm1, norm2' in printed
+    assert out in printed and backbone_file in printed
+    # the outputs the new norms apply to, by their names in the file
+    assert 'outputs stage0, stage1, stage2 are normed by new LayerNorms' in printed
+    # what deployment costs, next to the eager model
+    assert 'ONNX Runtime / eager: images/s' in printed and 'peak memory' in printed
     norm = dict(mean=cfg.data_preprocessor.mean, std=cfg.data_preprocessor.std)
     image = _photo('chelsea', shape, norm)
     session = ort_session(out, threads=2)
@@ -173,6 +177,9 @@ def test_cli_bad_arguments(tmp_path):
     tool = _load_tool()
     with pytest.raises(SystemExit):
         tool.main([B0, '--out', str(tmp_path / 'x.onnx')])  # --shape missing
+    with pytest.raises(SystemExit):
+        tool.main([B0, '--shape', '224', '224', '--out', str(tmp_path / 'x.onnx'),
+                   '--threads', '0'])
     with pytest.raises(ValueError, match='shape'):
         tool.main([B0, '--shape', '16', '224', '--out', str(tmp_path / 'x.onnx')])
     with pytest.raises(FileNotFoundError, match='checkpoint'):

@@ -8,11 +8,17 @@ Example::
 
 writes ``dccnext-b0.onnx`` (image -> logits) and ``dccnext-b0_backbone.onnx`` (image ->
 stage0 ... stage3). The input is the normalised RGB image (mean / std in the metadata);
-see :mod:`mmdccnext.deployment.onnx`.
+see :mod:`mmdccnext.deployment.onnx`. Then the exported classifier runs in ONNX Runtime
+next to the eager PyTorch classifier on a random image of the export shape: images/s (same
+process, interleaved rounds) and peak memory (each in a fresh process), and their ratios
+(``--no-compare`` skips this; :mod:`mmdccnext.deployment.benchmark`).
 """
 import argparse
 
-from mmdccnext.deployment import export_onnx
+import numpy as np
+
+from mmdccnext.deployment import export_onnx, read_metadata
+from mmdccnext.deployment.benchmark import compare_classifier, format_comparison
 
 
 def parse_args(argv=None):
@@ -32,7 +38,17 @@ def parse_args(argv=None):
     parser.add_argument(
         '--cluster-indices', action='store_true',
         help='also output the cluster indices of every DCConv layer')
-    return parser.parse_args(argv)
+    parser.add_argument(
+        '--no-compare', action='store_true',
+        help='skip the comparison of the exported classifier with the eager one')
+    parser.add_argument('--threads', type=int, default=1,
+                        help='threads of both sides in the comparison (default 1)')
+    parser.add_argument('--repeat', type=int, default=3,
+                        help='interleaved timing rounds of the comparison (default 3)')
+    args = parser.parse_args(argv)
+    if args.threads < 1 or args.repeat < 1:
+        parser.error('--threads and --repeat must be >= 1')
+    return args
 
 
 def main(argv=None):
@@ -48,8 +64,18 @@ def main(argv=None):
     print(f'classifier: {result["classifier"]}')
     print(f'backbone:   {result["backbone"]}')
     if result['new_norms']:
-        print(f'note: the backbone outputs of {", ".join(result["new_norms"])} use new '
-              'LayerNorms (weight 1, bias 0): the classifier has no norm for those stages')
+        outputs = ', '.join('stage' + name[len('norm'):] for name in result['new_norms'])
+        print(f'note: the backbone outputs {outputs} are normed by new LayerNorms (weight 1, '
+              'bias 0): the classifier has no norm for those stages')
+    if not args.no_compare:
+        shape = read_metadata(result['classifier'])['export_shape']
+        # a random image: a constant one would make every patch a duplicate
+        image = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+        print('exported classifier in ONNX Runtime vs eager PyTorch, random image '
+              f'{tuple(shape)}:')
+        print(format_comparison(
+            compare_classifier(args.config, args.checkpoint, result['classifier'], image,
+                               threads=args.threads, repeat=args.repeat)))
 
 
 if __name__ == '__main__':
