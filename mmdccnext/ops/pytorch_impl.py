@@ -10,8 +10,9 @@ images affected are redone with the canonical distance of every pair. Memory: ti
 tiles; the N x N matrix is never built.
 
 Aggregation: a loop over the K taps, one (B, N, C) gather at a time (never the (B, N, K, C)
-gathered tensor); the backward scatters with ``scatter_add_`` (deterministic on the CPU; on
-CUDA only under ``torch.use_deterministic_algorithms(True)``).
+gathered tensor); the backward is deterministic on every device by construction: ``grad_x``
+through the inverse of ``idx`` (no ``scatter_add_``, whose atomics make CUDA runs differ),
+see :func:`_grad_x`.
 """
 import math
 
@@ -270,18 +271,75 @@ def aggregate_forward(x, idx, weight, bias):
     return out
 
 
+def _grad_x(grad_out, idx, weight, entries_per_chunk=None):
+    """``grad_x[b, j] = sum of W[k] * grad_out[b, n]`` over the ``(n, k)`` with
+    ``idx[b, n, k] = j``, deterministic by construction on every device.
+
+    ``scatter_add_`` accumulates with atomics on CUDA: the adds into one element come in an
+    order that changes from run to run, and so does their rounding (a segment sum that
+    accumulates into each segment's target with ``index_add_`` has the same problem). Here no
+    call ever adds twice into one element: the flat positions ``(b, n, k)`` are sorted stably
+    by the patch they read (the inverse of ``idx``, as the Triton leaf builds it), so each
+    patch's readers form one segment, in increasing ``(n, k)``. Each segment is summed by
+    pairwise halving: at step ``s`` the entry of rank ``r`` with ``r % 2s == 0`` takes in the
+    entry of rank ``r + s``, with ``index_add_`` over indices that are distinct (and none of
+    them read in that step), so every element gets exactly one correctly rounded add, whichever
+    thread does it; the head of each segment then holds the segment's sum. Every other op is
+    a stable sort, a search, a gather or element-wise, so the result is bit-identical from run
+    to run (under ``torch.use_deterministic_algorithms(True)`` too); it equals
+    ``scatter_add_``'s up to float rounding (another summation order, a pairwise one).
+
+    Memory: the sorted entries are taken in chunks of ``entries_per_chunk`` (default: what
+    fits a tile of 2 MiB on the CPU, where it stays in cache, 32 MiB elsewhere, but beyond
+    2 MiB no more than ``B * N / 2``, so that a chunk's two (entries, C) temporaries take no
+    more than the (B, N, C) one ``scatter_add_`` needed per tap); a segment cut by a chunk
+    boundary is summed per chunk and the parts added to ``grad_x`` in chunk order. The sort
+    keeps two int64 per entry (``B * N * Kc``: twice the size of ``idx``).
+    """
+    B, N, C = grad_out.shape
+    Kc = idx.shape[-1]
+    device = grad_out.device
+    total = B * N * Kc
+    if entries_per_chunk is None:
+        row = C * grad_out.element_size()
+        tile = _CPU_TILE_BYTES if device.type == 'cpu' else TILE_BYTES
+        entries_per_chunk = max(1, min(tile // row, max(B * N // 2, _CPU_TILE_BYTES // row)))
+    target = (idx + torch.arange(B, device=device).view(B, 1, 1) * N).view(-1)
+    keys, order = torch.sort(target, stable=True)
+    starts = torch.searchsorted(keys, torch.arange(B * N + 1, device=device))
+    go = grad_out.view(B * N, C)
+    grad_x = torch.zeros_like(go)
+    for e0 in range(0, total, entries_per_chunk):
+        e1 = min(total, e0 + entries_per_chunk)
+        pos, tgt = order[e0:e1], keys[e0:e1]
+        vals = go.index_select(0, pos.div(Kc, rounding_mode='floor'))
+        vals.mul_(weight.index_select(0, pos.remainder(Kc)))
+        head = starts[tgt].clamp_(min=e0)  # where the entry's segment starts in this chunk
+        rank = torch.arange(e0, e1, device=device) - head
+        length = starts[tgt + 1].clamp_(max=e1) - head  # its length in this chunk
+        live = torch.arange(e1 - e0, device=device)  # the ranks that are multiples of 2 * step
+        step, longest = 1, int(length.max())
+        while step < longest:
+            live = live[rank[live].remainder(2 * step) == 0]
+            adding = live[rank[live] + step < length[live]]
+            vals.index_add_(0, adding, vals.index_select(0, adding + step))
+            step *= 2
+        heads = rank.eq(0).nonzero().flatten()  # one per segment (part) of this chunk
+        grad_x.index_add_(0, tgt[heads], vals.index_select(0, heads))
+    return grad_x.view(B, N, C)
+
+
 def aggregate_backward(grad_out, x, idx, weight, need_x, need_w, need_b):
     """Gradients (grad_x, grad_weight, grad_bias) of :func:`aggregate_forward`; ``None`` for
-    those not needed."""
+    those not needed. Deterministic on every device (:func:`_grad_x`; the weight and bias
+    gradients are reductions, which PyTorch computes in a fixed order)."""
     B, N, C = x.shape
     grad_out = grad_out.contiguous()
-    grad_x = torch.zeros_like(x, memory_format=torch.contiguous_format) if need_x else None
+    grad_x = _grad_x(grad_out, idx, weight) if need_x else None
     grad_w = torch.zeros_like(weight, memory_format=torch.contiguous_format) if need_w else None
-    for k in range(idx.shape[-1]):
-        index = idx[..., k:k + 1].expand(B, N, C)
-        if grad_w is not None:
+    if grad_w is not None:
+        for k in range(idx.shape[-1]):
+            index = idx[..., k:k + 1].expand(B, N, C)
             grad_w[k] = (grad_out * torch.gather(x, 1, index)).sum(dim=(0, 1))
-        if grad_x is not None:
-            grad_x.scatter_add_(1, index, grad_out * weight[k])
     grad_b = grad_out.sum(dim=(0, 1)) if need_b else None
     return grad_x, grad_w, grad_b
