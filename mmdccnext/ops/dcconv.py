@@ -39,19 +39,22 @@ Paths (``impl``), one leaf module each, none knowing the others: ``'cpu'`` (fuse
 kernels, :mod:`.cpu_impl`), ``'triton'`` (CUDA, :mod:`.triton_impl`), ``'pytorch'`` (any
 device, :mod:`.pytorch_impl`) and ``'export'`` (standard ops for ONNX export and tracing,
 :mod:`.export`). The public functions below validate their arguments once
-(:mod:`.common`), choose the path once (:func:`resolve_impl`) and run it through the
+(:mod:`.common`), choose the path once (:func:`resolve_impl`; Triton only once its
+self-check, :mod:`.selfcheck`, has passed on the device) and run it through the
 ``torch.library`` ops of :mod:`.library` (the export path excepted: its standard ops are what
 an exporter must record), so ``torch.compile`` sees one node per op.
 """
 import functools
+import logging
 import os
+import warnings
 
 import torch
 from mmengine.logging import print_log
 from torch import nn
 
 from mmdccnext.registry import MODELS
-from . import cpu_impl, export
+from . import cpu_impl, export, selfcheck
 from .common import (IMPLS, check_aggregate_args, check_impl, check_int, check_tokens,
                      compute_dtype, subvectors)
 from .library import aggregate_op, cluster_op, leaf
@@ -66,6 +69,15 @@ ENV_IMPL = 'MMDCCNEXT_DCCONV_IMPL'
 #: so no ISA needs the PyTorch path instead. This tuple is where an ISA measured slower than
 #: the PyTorch path would be left out (tests/test_ops/test_cpu_isa.py holds the rule).
 AUTO_CPU_ISAS = ('avx512', 'avx2', 'generic')
+#: Device types on which ``impl='auto'`` runs Triton once its self-check passed. The seam of
+#: the self-check's tests, which add ``'cpu'`` under ``TRITON_INTERPRET=1`` to treat CPU
+#: tensors as the Triton device.
+AUTO_TRITON_DEVICES = ('cuda', )
+
+
+class SelfCheckWarning(UserWarning):
+    """The Triton path failed its self-check on a device: ``impl='auto'`` runs PyTorch there."""
+
 
 _logged = set()
 
@@ -104,10 +116,57 @@ def available_impls(device='cpu'):
     return tuple(impls) + ('pytorch', )
 
 
+def _log_once(key, message, level=logging.INFO):
+    if key not in _logged:
+        _logged.add(key)
+        print_log(message, logger='current', level=level)
+
+
+def _triton_or_pytorch(device_type, device_index, dtypes, explicit):
+    """``'triton'`` when the Triton leaf runs on the device and passed its self-check in each
+    of ``dtypes`` (compute dtypes, by name); else ``'pytorch'`` with one warning (``'auto'``),
+    or a ``RuntimeError`` saying why (``explicit``, i.e. ``impl='triton'``)."""
+    ok, why = _triton_status(device_type)
+    if not ok:
+        if explicit:
+            raise RuntimeError(f"impl='triton' cannot run: {why}; use impl='pytorch' or 'auto'.")
+        _log_once(('path', device_type),
+                  f'mmdccnext: DCConv on {device_type} runs the pytorch path ({why})')
+        return 'pytorch'
+    device = selfcheck.device_key(torch.device(device_type, device_index))
+    if not selfcheck.enabled():
+        _log_once('selfcheck off', f'mmdccnext: {selfcheck.ENV_SELFCHECK}=0: the Triton path of '
+                  'DCConv runs without its self-check', level=logging.WARNING)
+        return 'triton'
+    for dtype in dtypes:
+        result = selfcheck.check(device, getattr(torch, dtype))
+        if not result.passed:
+            failed = (f"DCConv's Triton path failed its self-check on {device} ({dtype}): "
+                      f'{result.detail}.')
+            if explicit:
+                raise RuntimeError(f"impl='triton' gives wrong results or fails here. {failed} "
+                                   f'{selfcheck.HOW_TO_REPORT}')
+            if (device, dtype) not in _logged:
+                _logged.add((device, dtype))
+                warnings.warn(
+                    f"mmdccnext: {failed} impl='auto' runs the PyTorch path for {dtype} "
+                    f'inputs on {device} for the rest of this process (the same results, '
+                    f'slower). {selfcheck.HOW_TO_REPORT}', SelfCheckWarning, stacklevel=2)
+            return 'pytorch'
+    if not explicit:
+        for dtype in dtypes:
+            result = selfcheck.check(device, getattr(torch, dtype))
+            _log_once((device, dtype), f'mmdccnext: DCConv on {device} ({dtype}) runs the '
+                      f'Triton path; self-check passed in {result.seconds:.2f} s '
+                      f'({result.detail})')
+    return 'triton'
+
+
 @torch.compiler.assume_constant_result
-def _resolve(impl, device_type):
-    # Depends only on the arguments, the environment and the extension, never on tensor
-    # data: torch.compile runs it once while tracing and keeps its answer as a constant.
+def _resolve(impl, device_type, device_index=None, dtypes=('float32', )):
+    # Depends only on the arguments, the environment, the extension and the self-check
+    # (computed once per device and dtype), never on tensor data: torch.compile runs it once
+    # while tracing and keeps its answer as a constant.
     if impl == 'auto':
         env = os.environ.get(ENV_IMPL, '').strip().lower()
         if env:
@@ -123,44 +182,41 @@ def _resolve(impl, device_type):
             raise RuntimeError(why)
         return 'cpu'
     if impl == 'triton':
-        ok, why = _triton_status(device_type)
-        if not ok:
-            raise RuntimeError(f"impl='triton' cannot run: {why}; use impl='pytorch' or 'auto'.")
-        return 'triton'
+        return _triton_or_pytorch(device_type, device_index, dtypes, explicit=True)
     # auto
+    if device_type in AUTO_TRITON_DEVICES:
+        return _triton_or_pytorch(device_type, device_index, dtypes, explicit=False)
     if device_type == 'cpu':
         if not cpu_impl.ext_available():
             cpu_impl.warn_unavailable_once()
             return 'pytorch'
         return 'cpu' if cpu_impl.cpu_isa() in AUTO_CPU_ISAS else 'pytorch'
-    path = 'pytorch'
-    if device_type == 'cuda':
-        ok, why = _triton_status(device_type)
-        path = 'triton' if ok else 'pytorch'
-        if device_type not in _logged:
-            _logged.add(device_type)
-            print_log(f'mmdccnext: DCConv on CUDA runs the {path} path'
-                      + ('' if ok else f' ({why})'), logger='current')
-    return path
+    return 'pytorch'
 
 
-def resolve_impl(impl, tensor):
+def resolve_impl(impl, tensor, weight=None):
     """Map ``impl`` ('auto' | 'cpu' | 'triton' | 'pytorch' | 'export') to the path that runs
-    for ``tensor``.
+    for ``tensor`` (and ``weight``, whose dtype joins the compute dtype).
 
     While exporting or tracing (:func:`is_exporting`) every ``impl`` runs ``'export'``.
     ``'auto'`` is first replaced by the environment variable ``MMDCCNEXT_DCCONV_IMPL`` when
     set, then means: on CPU tensors the fused C++ kernels when the extension imports and runs
     one of :data:`AUTO_CPU_ISAS` (:func:`.cpu_impl.cpu_isa`), else the PyTorch path with one
-    warning; on CUDA tensors Triton when it imports, else the PyTorch path (one log line says
-    which); on other devices the PyTorch path. An explicit ``'cpu'`` or ``'triton'`` that
-    cannot run raises a ``RuntimeError`` saying why. Under ``torch.compile`` the answer is
-    fixed when the model is traced.
+    warning; on CUDA tensors Triton when it imports, runs and passed its self-check on that
+    device in the compute dtype (:mod:`.selfcheck`: one log line), else the PyTorch path (one
+    log line, or one warning naming what failed); on other devices the PyTorch path. An
+    explicit ``'cpu'`` or ``'triton'`` that cannot run raises a ``RuntimeError`` saying why,
+    ``'triton'`` also when its self-check failed. Under ``torch.compile`` the answer is fixed
+    when the model is traced (the self-check runs then, outside the graph).
     """
     check_impl(impl)
     if impl == 'export' or is_exporting():
         return 'export'
-    return _resolve(impl, tensor.device.type)
+    # the compute dtypes: the clustering's (of x) and the aggregation's (of x and weight)
+    x64 = tensor.dtype == torch.float64
+    w64 = weight is not None and weight.dtype == torch.float64
+    dtypes = ('float64', ) if x64 else ('float32', 'float64') if w64 else ('float32', )
+    return _resolve(impl, tensor.device.type, tensor.device.index, dtypes)
 
 
 def _cluster(tokens, kernel_size, subvector_stride, path):
@@ -206,7 +262,7 @@ def aggregate(x, idx, weight, bias=None, impl='auto'):
         raise ValueError('idx must be a (B, N, min(K, N)) integer tensor (the clusters, see '
                          'cluster()), got None')
     check_aggregate_args(x, idx, weight, bias)
-    return _aggregate(x, idx, weight, bias, resolve_impl(impl, x))
+    return _aggregate(x, idx, weight, bias, resolve_impl(impl, x, weight))
 
 
 def dcconv(x,
@@ -249,7 +305,7 @@ def dcconv(x,
         check_int(kernel_size, 'kernel_size')
     d = check_int(subvector_stride, 'subvector_stride')
     check_aggregate_args(tokens, idx, weight, bias, kernel_size, shape=x.shape)
-    path = resolve_impl(impl, tokens)
+    path = resolve_impl(impl, tokens, weight)
     if idx is None:
         idx = _cluster(tokens, weight.shape[0], d, path)
     out = _aggregate(tokens, idx, weight, bias, path)

@@ -161,3 +161,33 @@ def test_items_past_the_budget_are_skipped_not_run(capsys):
     assert re.search(r'^\| 2 \| 2000 \| 320 \| 12 \| naive \| SKIPPED \|', out, re.M), out
     assert '32x32 b2 DCCNeXt-B2: SKIPPED (time budget' in out
     assert 'images/s, peak' not in out  # no step was measured
+
+
+def test_selfcheck_comes_first_and_a_failure_counts(monkeypatch, capsys):
+    from mmdccnext.ops import selfcheck
+    monkeypatch.delenv(selfcheck.ENV_SELFCHECK, raising=False)  # restored after the test
+    device = torch.device('cpu')
+    # no Triton path on the device: said, nothing counted
+    assert gpu_check.section_selfcheck(('cpu', 'pytorch'), device) == 0
+    assert 'RESULT self-check: NOT RUN (no Triton path on this device)' in capsys.readouterr().out
+    # the Triton path: what the self-check found is printed, a failure counts once per dtype
+    # and the self-check is switched off for the sections after it
+    verdicts = {torch.float32: selfcheck.Result(True, 'agrees', 0.1),
+                torch.float64: selfcheck.Result(False, 'cluster indices differ, first at '
+                                                '(b, n, k) = (0, 17, 3)', 0.2)}
+    monkeypatch.setattr(selfcheck, 'check', lambda device, dtype: verdicts[dtype])
+    assert gpu_check.section_selfcheck(('triton', 'pytorch'), device) == 1
+    out = capsys.readouterr().out
+    assert 'float32: PASS in 0.10 s (agrees)' in out
+    assert 'float64: FAILED in 0.20 s: cluster indices differ, first at (b, n, k) = (0, 17, 3)' \
+        in out
+    assert 'RESULT self-check: FAIL' in out
+    assert os.environ[selfcheck.ENV_SELFCHECK] == '0'
+    assert gpu_check.section_selfcheck(('triton', 'pytorch'), device) == 0
+    assert 'RESULT self-check: SKIPPED (MMDCCNEXT_DCCONV_SELFCHECK=0)' in capsys.readouterr().out
+
+
+def test_main_runs_the_selfcheck_first(capsys):
+    assert gpu_check.main(['--device', 'cpu', '--sections', 'op', '--budget', '0']) == 0
+    out = capsys.readouterr().out
+    assert out.index('== self-check') < out.index('== op')

@@ -1,6 +1,8 @@
 """One command that checks and measures DCConv and DCCNeXt on a GPU (or, small, on the CPU).
 
-Sections (all in one process, in this order; ``--sections`` picks some):
+First, always: the self-check ``impl='auto'`` runs before it trusts the Triton path on the
+device (mmdccnext/ops/selfcheck.py; float32 and float64), reported as PASS or FAILED with what
+differed. Then the sections (all in one process, in this order; ``--sections`` picks some):
 
 ``correctness``
     Every DCConv path that can run on the device (``mmdccnext.ops.available_impls``) against
@@ -34,7 +36,7 @@ blocks go back to the system and an earlier call cannot hide a later one's peak.
 
 The whole run keeps to ``--budget`` seconds (default 330 on CUDA, so it ends within 6 minutes
 with the start-up): an item that would start after the budget is printed as SKIPPED.
-Exit status 1 when a correctness check fails, 0 otherwise.
+Exit status 1 when the self-check or a correctness check fails, 0 otherwise.
 
 On a GPU machine without OpenMMLab packages (see ``tools/analysis/gpu_bundle.sh``)::
 
@@ -388,6 +390,41 @@ def check_case(case, mode, impls, device, gen):
     return failures
 
 
+def section_selfcheck(impls, device):
+    """What ``impl='auto'`` decides first on a device: the Triton path's self-check against
+    the PyTorch path (mmdccnext/ops/selfcheck.py), in float32 and float64. A failure is
+    reported and counted; the self-check is then switched off for the rest of the run, so that
+    the sections below still run the Triton path explicitly and show where it differs."""
+    from mmdccnext.ops import selfcheck
+    from mmdccnext.ops.dcconv import _triton_status
+    print(f'\n== self-check: the Triton path vs the PyTorch path on {device} (what impl=\'auto\' '
+          'checks before it runs Triton) ==')
+    if 'triton' not in impls:
+        print(f'   triton: not available on {device.type} ({_triton_status(device.type)[1]}); '
+              'nothing to check')
+        print('RESULT self-check: NOT RUN (no Triton path on this device)')
+        return 0
+    if not selfcheck.enabled():
+        print(f'RESULT self-check: SKIPPED ({selfcheck.ENV_SELFCHECK}=0)')
+        return 0
+    failures = 0
+    for dtype in (torch.float32, torch.float64):
+        result = selfcheck.check(device, dtype)
+        name = str(dtype).replace('torch.', '')
+        if result.passed:
+            print(f'   {name}: PASS in {result.seconds:.2f} s ({result.detail})')
+        else:
+            failures += 1
+            print(f'   {name}: FAILED in {result.seconds:.2f} s: {result.detail}')
+    if failures:
+        os.environ[selfcheck.ENV_SELFCHECK] = '0'
+        print(f"   impl='auto' would run the PyTorch path here; the sections below run the "
+              f'Triton path with the self-check off ({selfcheck.ENV_SELFCHECK}=0) to show '
+              'where it differs')
+    print(f'RESULT self-check: {"PASS" if failures == 0 else "FAIL"}')
+    return failures
+
+
 def section_correctness(args, impls, device, clock):
     print('\n== correctness: every path vs the float64 reference and vs each other ==')
     print(f'   tolerance (normwise max|y - y_ref| / max|y_ref|): float32 {TOL[torch.float32]:.0e},'
@@ -669,9 +706,9 @@ def main(argv=None):
           f'mmdccnext commit {git_commit()}, scale {args.scale}, budget {args.budget:.0f} s')
     print(f'  dcconv paths on {device.type}: {", ".join(impls)}' +
           (', CPU memory: glibc mmap threshold pinned' if pinned else ''))
-    failures = 0
+    failures = section_selfcheck(impls, device)
     if 'correctness' in args.sections:
-        failures = section_correctness(args, impls, device, clock)
+        failures += section_correctness(args, impls, device, clock)
     if 'op' in args.sections:
         section_op(args, impls, device, clock)
     if 'train' in args.sections:
@@ -679,7 +716,7 @@ def main(argv=None):
     if 'compile' in args.sections:
         section_train(args, device, clock, compiled=True)
     print(f'\ngpu_check: done in {clock.elapsed():.0f} s'
-          f'{"" if failures == 0 else f", {failures} correctness check(s) FAILED"}')
+          f'{"" if failures == 0 else f", {failures} self-check / correctness check(s) FAILED"}')
     return 1 if failures else 0
 
 
