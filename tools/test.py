@@ -16,8 +16,9 @@ def parse_args(argv=None):
     parser.add_argument('--work-dir', help='directory for the evaluation logs')
     parser.add_argument(
         '--show-dir',
-        help='write a picture of each prediction into this folder (relative to the current '
-        'folder, not to the work dir)')
+        help='draw the prediction of every test image into this folder (relative to the '
+        'current folder, not to the work dir; segmentation configs write into '
+        'DIR/vis_data/vis_image/, as MMSegmentation does)')
     parser.add_argument('--out', help='dump the raw predictions to this pickle file')
     parser.add_argument(
         '--cfg-options', nargs='+', action=DictAction, default={},

@@ -46,6 +46,12 @@ def _dataset_paths(dataset, where):
     if _is_local(dataset.get('ann_file')):
         paths.append((osp.join(root, dataset['ann_file']), f'{where}.ann_file'))
     prefix = dataset.get('data_prefix')
+    split = dataset.get('split')
+    if (str(dataset.get('type')).endswith('ImageNet') and _is_local(split)
+            and not (dataset.get('ann_file') or prefix)):
+        # MMPretrain's ImageNet(split=...) reads <root>/<split>/ (and meta/<split>.txt when
+        # there, else it lists the class folders)
+        return [(osp.join(root, split), f'{where}.split')]
     if isinstance(prefix, str):
         prefix = {'': prefix}
     for key, value in (prefix or {}).items():

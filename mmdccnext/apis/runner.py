@@ -129,19 +129,27 @@ def train_from_args(args):
 
 
 def enable_show_dir(cfg, show_dir):
-    """Turn on the task's visualisation hook, writing pictures to ``show_dir``. The path is
-    made absolute here: the hooks of mmdet and mmseg put a relative one under
-    ``<work_dir>/<timestamp>/``."""
+    """Turn on the task's visualisation hook, drawing every test image into ``show_dir``.
+
+    The path is made absolute first: mmdet's hook puts a relative one under
+    ``<work_dir>/<timestamp>/``. mmseg's hook has no folder of its own; as in mmseg's
+    ``tools/test.py`` the visualizer's ``save_dir`` is set, whose local backend writes to
+    ``<show_dir>/vis_data/vis_image/``.
+    """
     show_dir = osp.abspath(show_dir)
     hooks = cfg.default_hooks
     if 'visualization' not in hooks:
         raise ArgumentError('--show-dir: the config has no default_hooks.visualization')
     vis = hooks.visualization
+    vis.interval = 1  # every image, not every 50th (mmseg) or 5000th (mmpretrain)
     if cfg.default_scope == 'mmpretrain':
         vis.update(enable=True, out_dir=show_dir)
-    else:  # mmdet and mmseg hooks share the keys
+    elif cfg.default_scope == 'mmdet':
         vis.update(draw=True, test_out_dir=show_dir)
         vis.setdefault('wait_time', 0)
+    else:
+        vis.update(draw=True)
+        cfg.visualizer.save_dir = show_dir
 
 
 def add_dump_metric(cfg, out):

@@ -77,6 +77,21 @@ def test_only_what_is_missing_is_listed_the_evaluator_file_too(tmp_path):
         check_data_roots(cfg, keys, 'cfg.py')
 
 
+def test_paths_of_each_library_layout(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cls = Config.fromfile(osp.join(REPO, 'configs', 'classification',
+                                   'dccnext-b0_8xb128_in1k.py'))
+    # MMPretrain's ImageNet(split='train') reads the folder data/imagenet/train
+    assert missing_data(cls, ('train_dataloader', 'val_dataloader', 'val_evaluator')) == {
+        'data/imagenet/train': ['train_dataloader.dataset.split'],
+        'data/imagenet/val': ['val_dataloader.dataset.split']}
+    seg = Config.fromfile(osp.join(REPO, 'configs', 'segmentation', 'fpn_dccnext_b2.py'))
+    ade = 'data/ade/ADEChallengeData2016'
+    assert missing_data(seg, ('test_dataloader', 'test_evaluator')) == {
+        f'{ade}/images/validation': ['test_dataloader.dataset.data_prefix.img_path'],
+        f'{ade}/annotations/validation': ['test_dataloader.dataset.data_prefix.seg_map_path']}
+
+
 def test_synthetic_config_says_how_to_generate_its_data_and_that_command_works(
         tmp_path, monkeypatch):
     checkpoint = tmp_path / 'some.pth'

@@ -59,3 +59,32 @@ def test_train_then_test_with_out_and_show_dir(tmp_path):
     pictures = [f for _, _, files in os.walk(show) for f in files
                 if f.endswith(('.jpg', '.png'))]
     assert len(pictures) == 2
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('config,pictures_in', [
+    ('segmentation/fpn_dccnext-b0_synthetic.py', 'show/vis_data/vis_image'),
+    ('classification/dccnext-b0_synthetic.py', 'show'),
+])
+def test_show_dir_draws_every_test_image_under_the_folder_given(config, pictures_in, tmp_path):
+    root = make_tiny_datasets(tmp_path / 'data')
+    cfg = tiny_config(
+        config, root, tmp_path / 'work',
+        **{'train_cfg': dict(_delete_=True, type='IterBasedTrainLoop', max_iters=1,
+                             val_interval=1000),
+           'train_dataloader.batch_size': 2,
+           'train_dataloader.sampler': dict(type='InfiniteSampler', shuffle=True),
+           'param_scheduler': [],
+           'default_hooks.checkpoint': dict(type='CheckpointHook', interval=1, by_epoch=False),
+           'test_dataloader.dataset.indices': 3,
+           'test_dataloader.batch_size': 1})
+    config = str(tmp_path / 'tiny.py')
+    cfg.dump(config)
+    proc = run_tool([osp.join(REPO, 'tools', 'train.py'), config], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = run_tool([osp.join(REPO, 'tools', 'test.py'), config,
+                     str(tmp_path / 'work' / 'iter_1.pth'), '--show-dir', 'show'], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    pictures = sorted(f for f in os.listdir(tmp_path / pictures_in)
+                      if f.endswith(('.jpg', '.png')))
+    assert len(pictures) == 3, pictures
