@@ -22,16 +22,17 @@ Clustering of the (B, N, D) sub-vectors ``s`` with cluster size ``Kc = min(K, N)
    ``c = s - mean``, and ``n_j = |c_j|^2``, one MatMul of ``[c_i, 1]`` with
    ``[-2 c_j, n_j]`` gives ``scr[i, j] = n_j - 2 <c_i, c_j>`` (``scr + n_i`` approximates the
    squared distance, in any summation order, FMA or not: the bound of step 4 holds for all).
-   Two-level top-k: the columns, padded to a multiple of :data:`COL_GROUP` with ``+inf``,
-   form groups; a ReduceMin gives each group's minimum, a TopK the ``T`` groups with the
-   smallest minima, a second TopK the ``T`` smallest values among their elements. Those are
-   the ``T`` smallest screened values of the row (the ``T`` group minima are ``T``
-   distinct elements of the chosen groups, so every element of another group is at least the
-   ``T``-th value found), at a cost of ``N / COL_GROUP + T * COL_GROUP`` per row instead of a
-   TopK over ``N``. The first ``T - 1`` are the candidates (the patch itself usually among
-   them), and every other patch has a screened value ``>= beta``, the ``T``-th.
-2. Canonical distances of the candidates only, for all rows at once ((B, N, T - 1) values,
-   linear in N): Gather + the fixed chain of separately rounded Sub, Mul, Add over the
+   Two-level top-k: the columns, padded with ``+inf``, form groups of :data:`COL_GROUP`; a
+   ReduceMin gives each group's minimum, a TopK the ``T`` groups with the smallest minima, a
+   second TopK the ``T`` smallest values among their elements. Those are ``T`` smallest
+   screened values of the row (the ``T`` group minima are ``T`` distinct elements of the
+   chosen groups, so no element of another group is below the ``T``-th value found), at a
+   cost of ``N / COL_GROUP + T * COL_GROUP`` per row instead of a TopK over ``N`` (ONNX
+   Runtime's TopK costs microseconds per row). They are the candidates (the patch itself
+   usually among them), and every other patch has a screened value ``>= beta``, the
+   largest of theirs.
+2. Canonical distances of the candidates only, for all rows at once ((B, N, T) values,
+   linear in N): Gathers + the fixed chain of separately rounded Sub, Mul, Add over the
    sub-vector channels in increasing order, NaN -> +inf; the patch itself gets +inf (it is
    put first anyway). Exported, the chain is an ONNX ``Scan`` over the channels (sequential
    by definition); a reduction (ReduceSum, MatMul) would leave the order, and so the
@@ -201,8 +202,8 @@ def _exact_blocked(s, Kc, onnx_topk, use_scan):
 def _screen_block(rid, rows, cols, T):
     """Step 1 for the rows ``rid`` (R,): ``rows`` (B, N, D + 1) = ``[c_i, 1]``, ``cols``
     (B, COL_GROUP, D + 1, ng) = ``[-2 c_j; n_j]``: column ``j * ng + g`` is member j of
-    group g, and the last one is padding (``+inf``). Returns the T - 1 candidates
-    (B, R, T - 1) and ``beta`` (B, R)."""
+    group g, and the last one is padding (``+inf``). Returns the T candidates (B, R, T) and
+    ``beta`` (B, R), the largest of their screened values: no other column's is smaller."""
     B, G, _, ng = cols.shape
     R = rid.shape[0]
     # (B, G, R, ng): member j of every group in one slice. No reshape of a symbolic size
@@ -218,9 +219,9 @@ def _screen_block(rid, rows, cols, T):
     vals = torch.where(real[:, None], members, math.inf).permute(0, 2, 3, 1)  # (B, R, T, G)
     col_ids = groups[..., None] + torch.arange(G, device=scr.device) * ng
     vals, col_ids = vals.reshape(B, R, T * G), col_ids.reshape(B, R, T * G)
-    vals, pos = torch.topk(vals, T, dim=-1, largest=False, sorted=True)
-    cand = torch.gather(col_ids, 2, pos.narrow(2, 0, T - 1))
-    return cand, vals.select(2, T - 1).clone()
+    # the T smallest, in any order (sorting them would cost more per row than it saves)
+    vals, pos = torch.topk(vals, T, dim=-1, largest=False, sorted=False)
+    return torch.gather(col_ids, 2, pos), vals.amax(-1)
 
 
 def _screen_operands(s):
@@ -245,19 +246,22 @@ def _screen_operands(s):
 
 def _candidate_distances(s, cand, use_scan):
     """Step 2: canonical distances (B, N, Mc) from every patch of ``s`` (B, N, D) to its
-    candidates ``cand`` (B, N, Mc), one (B, N, Mc) Gather per channel."""
-    Mc = cand.shape[2]
-    st = s.permute(2, 0, 1).contiguous()  # (D, B, N)
+    candidates ``cand`` (B, N, Mc): per channel, two flat gathers of B * N * Mc values."""
+    B, N, Mc = cand.shape
+    st = s.permute(2, 0, 1).reshape(s.shape[2], B * N)  # (D, B * N)
+    offsets = (torch.arange(B, device=s.device) * N)[:, None, None]
+    cols = (cand + offsets).reshape(-1)
+    rows = (torch.arange(B * N, device=s.device)[:, None].expand(B * N, Mc)).reshape(-1)
 
     def step(acc, s_t):
-        # closes over ``cand`` only (a second, aliasing tensor would break the scan)
-        cols = torch.gather(s_t[:, :, None].expand(-1, -1, Mc), 1, cand)
-        return _add_square(acc, s_t[:, :, None], cols)
+        # gather, not index_select: ONNX GatherElements; ONNX Runtime's Gather copies one
+        # value per index like a block (several times slower here)
+        return _add_square(acc, torch.gather(s_t, 0, rows), torch.gather(s_t, 0, cols))
 
-    acc = step(torch.zeros(cand.shape, dtype=s.dtype, device=s.device), st[0])
+    acc = step(torch.zeros(cols.shape, dtype=s.dtype, device=s.device), st[0])
     if st.shape[0] > 1:
         acc = _loop(step, acc, (st[1:], ), use_scan)
-    return _nan_to_inf(acc)
+    return _nan_to_inf(acc).reshape(B, N, Mc)
 
 
 def _screened(s, Kc, onnx_topk, use_scan):
@@ -268,13 +272,13 @@ def _screened(s, Kc, onnx_topk, use_scan):
     rows, cols, nrm = _screen_operands(s)
     cand, beta = _map_blocks(lambda rid: _screen_block(rid, rows, cols, T),
                              (_row_blocks(N, s.device), ), use_scan)
-    cand = _unblocked(cand, N).clamp(max=N - 1)  # (B, N, T - 1); clamp: non-finite inputs
+    cand = _unblocked(cand, N).clamp(max=N - 1)  # (B, N, T); clamp: non-finite inputs
     beta = _unblocked(beta, N)
     dist = _candidate_distances(s, cand, use_scan)
     self_ids = torch.arange(N, device=s.device)
     dist = torch.where(cand == self_ids[:, None], torch.full_like(dist, math.inf), dist)
     # order by (distance, index): by index first, then a sort that keeps ties in place
-    by_index = _smallest_k(cand, T - 1, onnx_topk)
+    by_index = _smallest_k(cand, T, onnx_topk)
     cand, dist = torch.gather(cand, 2, by_index), torch.gather(dist, 2, by_index)
     order = _smallest_k(dist, m, onnx_topk)
     kept = torch.gather(cand, 2, order)
