@@ -13,24 +13,14 @@ Usage: ``TRITON_INTERPRET=1 python selfcheck_checks.py [check names...]``.
 """
 import contextlib
 import importlib
-import json
 import os
 import sys
-import traceback
 import warnings
 
 import torch
+from triton_interp_checks import Fail, expect, run_checks
 
 dc = selfcheck = triton_leaf = None  # imported in main(), after the variable is checked
-
-
-class Fail(Exception):
-    pass
-
-
-def expect(cond, what):
-    if not cond:
-        raise Fail(what)
 
 
 def randn(*shape, seed=0, dtype=torch.float32):
@@ -343,16 +333,7 @@ def main(names):
     selfcheck = importlib.import_module('mmdccnext.ops.selfcheck')
     triton_leaf = importlib.import_module('mmdccnext.ops.triton_impl')
     dc.AUTO_TRITON_DEVICES = ('cuda', 'cpu')  # the seam: CPU tensors as the Triton device
-    results = {}
-    for name in names or CHECKS:
-        try:
-            CHECKS[name]()
-            results[name] = {'ok': True, 'detail': ''}
-        except Fail as exc:
-            results[name] = {'ok': False, 'detail': str(exc)}
-        except Exception:  # noqa: BLE001 - report it as that check's failure
-            results[name] = {'ok': False, 'detail': traceback.format_exc()}
-    print(json.dumps(results))
+    run_checks(CHECKS, names)
 
 
 if __name__ == '__main__':

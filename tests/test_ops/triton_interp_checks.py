@@ -463,21 +463,27 @@ CHECKS = {
 }
 
 
-def main(names):
-    global ti
-    if os.environ.get('TRITON_INTERPRET') != '1':
-        sys.exit('run with TRITON_INTERPRET=1 (the kernels are decorated at import)')
-    ti = load_leaf()
+def run_checks(checks, names):
+    """Run ``checks`` (those in ``names``, or all) and print ``{name: {"ok": bool, "detail":
+    str}}`` as one JSON line (also for selfcheck_checks.py)."""
     results = {}
-    for name in names or CHECKS:
+    for name in names or checks:
         try:
-            CHECKS[name]()
+            checks[name]()
             results[name] = {'ok': True, 'detail': ''}
         except Fail as exc:
             results[name] = {'ok': False, 'detail': str(exc)}
         except Exception:  # noqa: BLE001 - report it as that check's failure
             results[name] = {'ok': False, 'detail': traceback.format_exc()}
     print(json.dumps(results))
+
+
+def main(names):
+    global ti
+    if os.environ.get('TRITON_INTERPRET') != '1':
+        sys.exit('run with TRITON_INTERPRET=1 (the kernels are decorated at import)')
+    ti = load_leaf()
+    run_checks(CHECKS, names)
 
 
 if __name__ == '__main__':
