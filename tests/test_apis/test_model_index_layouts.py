@@ -155,3 +155,34 @@ def test_cycles_and_case_of_keys(tmp_path):
     write(tmp_path / 'd.yml', dict(Import=['c.txt']))
     with pytest.raises(ValueError, match='c.txt: a model index file must be YAML'):
         read_model_index(str(tmp_path / 'd.yml'))
+
+
+def test_every_import_time_integration_fails_soft(tmp_path, torch_home):
+    # MMEngine's CheckpointLoader refuses schemes and MMPretrain's ModelHub is not what we know,
+    # and the C++ extension is missing: the import goes on, one warning per skipped integration
+    # (the extension is loaded on first use, and warned about then)
+    code = ('import sys, warnings\n'
+            'sys.modules["mmdccnext._ext"] = None\n'
+            'from mmengine.runner.checkpoint import CheckpointLoader\n'
+            'def refuse(*args, **kwargs):\n'
+            '    raise RuntimeError("simulated: another MMEngine")\n'
+            'CheckpointLoader.register_scheme = refuse\n'
+            'from mmpretrain.apis import ModelHub\n'
+            'ModelHub._models_dict = None\n'
+            'with warnings.catch_warnings(record=True) as caught:\n'
+            '    warnings.simplefilter("always")\n'
+            '    import mmdccnext, torch\n'
+            '    from mmdccnext.ops import DCConv\n'
+            '    print("IMPORTED")\n'
+            '    DCConv(8, 3)(torch.randn(1, 5, 8))\n'
+            'for w in caught:\n'
+            '    if "mmdccnext" in str(w.message): print("WARNING", w.message)\n')
+    proc = run_fresh(code, osp.join(REPO, 'model-index.yml'))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert 'IMPORTED' in proc.stdout
+    warned = [line for line in proc.stdout.splitlines() if line.startswith('WARNING')]
+    assert len(warned) == 4, warned
+    for skipped in ("MMEngine's local checkpoint loader", 'the zoo:// scheme',
+                    "MMPretrain's ModelHub", 'pure-PyTorch'):
+        assert sum(skipped in line for line in warned) == 1, (skipped, warned)
+    assert sum('simulated: another MMEngine' in line for line in warned) == 2
