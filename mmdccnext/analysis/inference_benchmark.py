@@ -398,17 +398,21 @@ _OP_KINDS = {
     'aten::native_layer_norm': 'LayerNorm', 'aten::gelu': 'GELU', 'aten::gelu_': 'GELU',
     'aten::batch_norm': 'BatchNorm', 'aten::relu': 'ReLU', 'aten::relu_': 'ReLU',
     # DCConv's torch.library ops (mmdccnext/ops/library.py) are profiler events of their own
-    'mmdccnext::cluster': 'DCConv clustering', 'mmdccnext::aggregate': 'DCConv aggregation'
+    'mmdccnext::cluster': 'DCConv clustering', 'mmdccnext::aggregate': 'DCConv aggregation',
+    # backward (the training benchmark)
+    'aten::gelu_backward': 'GELU', 'aten::native_layer_norm_backward': 'LayerNorm',
+    'mmdccnext::aggregate_backward': 'DCConv aggregation',
 }
 _CONV_OPS = ('aten::conv2d', 'aten::convolution', 'aten::_convolution',
-             'aten::mkldnn_convolution')
+             'aten::mkldnn_convolution', 'aten::convolution_backward')
 ELEMENTWISE = 'element-wise and layout'
 UNACCOUNTED = 'not in an op (Python, dispatch)'
 
 
 def _kind(event):
     shapes = event.input_shapes
-    if event.name == 'mkldnn::_convolution_pointwise_':  # (out, X, W, ...): out += conv(X)
+    # (out, X, W, ...): out += conv(X); (grad_out, X, W, ...)
+    if event.name in ('mkldnn::_convolution_pointwise_', 'aten::convolution_backward'):
         shapes = shapes[1:]
     if event.name in _CONV_OPS or event.name.startswith('mkldnn::_convolution_pointwise'):
         if len(shapes) > 1 and len(shapes[0]) == 4 and len(shapes[1]) == 4:

@@ -5,9 +5,10 @@ Layout. Inside the network every feature map is kept channels-last, ``(B, H, W, 
 directly; DCConv reads the same tensor reshaped to tokens ``(B, H*W, C)`` (a view); the
 depthwise convolutions see it permuted to ``(B, C, H, W)``, which is a tensor in
 ``torch.channels_last`` memory format, so the convolution writes channels-last output
-and permuting back is again a view. The only layout copies are in the stem (LayerNorm of
-the permuted convolution output) and the maps returned to a neck (contiguous
-``(B, C, H, W)``).
+and permuting back is again a view. The only layout copies are the image's, made
+channels_last for the stem, and the maps returned to a neck (contiguous ``(B, C, H, W)``, as
+MMPretrain's ConvNeXt returns them: MMCV's CPU RoIAlign, for one, reads its input as
+contiguous NCHW memory and silently returns wrong values for a channels_last map).
 
 Without autograd on the CPU the backbone takes a fast path by itself: the blocks reuse
 buffers across one forward pass and work in place, with bit-identical results
@@ -178,7 +179,11 @@ class Stem(BaseModule):
         self.norm = _layer_norm(channels, norm_cfg)
 
     def forward(self, x):
-        return self.norm(self.conv(x).permute(0, 2, 3, 1))
+        # A channels_last image makes the convolution write channels-last output, which the
+        # LayerNorm reads as is: cheaper than the LayerNorm's copy of an NCHW output (the
+        # image has 3 channels, the output 64), with identical results.
+        x = self.conv(x.contiguous(memory_format=torch.channels_last))
+        return self.norm(x.permute(0, 2, 3, 1))
 
 
 class Downsample(BaseModule):
