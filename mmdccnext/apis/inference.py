@@ -110,10 +110,11 @@ def init_model(config, checkpoint=None, device='cpu', cfg_options=None, *, seed=
     from ``checkpoint`` only). Detection and segmentation models need mmcv's compiled ops,
     which are checked first. Returns the model, with the config as ``model.cfg``.
     """
-    if checkpoint is not None:  # checked before the (slow) build
-        if not (osp.isfile(checkpoint) or '://' in checkpoint):
-            raise FileNotFoundError(f'checkpoint: no such file {checkpoint!r}')
-        check_positionals('init_model(config, checkpoint=None, ...)', checkpoint=checkpoint)
+    # checked before the (slow) build; e.g. a tool's positional arguments in another order
+    check_positionals('init_model(config, checkpoint=None, ...)', checkpoint=checkpoint,
+                      config=config if isinstance(config, (str, os.PathLike)) else None)
+    if checkpoint is not None and not (osp.isfile(checkpoint) or '://' in checkpoint):
+        raise FileNotFoundError(f'checkpoint: no such file {checkpoint!r}')
     cfg = get_config(config, cfg_options)
     scope = cfg.get('default_scope')
     if scope not in BUILDERS:

@@ -158,9 +158,11 @@ def test_init_model_names_an_image_given_as_checkpoint(tmp_path):
     from mmdccnext.apis import init_model
     image = tmp_path / 'cat.jpg'
     image.write_bytes(b'not read')
+    config = osp.join(REPO, 'configs', 'classification', 'dccnext-b0_8xb128_in1k.py')
     with pytest.raises(ArgumentError, match="checkpoint: '.*cat.jpg' is an image"):
-        init_model(osp.join(REPO, 'configs', 'classification', 'dccnext-b0_8xb128_in1k.py'),
-                   str(image))
+        init_model(config, str(image))
+    with pytest.raises(ArgumentError, match=r"config: 'w\.pth' is a checkpoint.*look swapped"):
+        init_model('w.pth', config)
 
 
 def test_zoo_name_typo_is_answered_with_the_nearest_names(tmp_path):
