@@ -12,8 +12,8 @@ records the ``If``. The input is the *normalised* image, ``(B, 3, H, W)`` float3
 stored in the model's metadata (``mean``, ``std``, ``to_rgb``).
 
 Dynamic shapes (``dynamic=True``): batch, height and width are symbolic. DCConv needs at
-least ``K + 9`` patches per stage for its screened path (``K`` = 12 in stage 3, 18 in stage
-4), so the graph is valid from the size where stage 4 has 27 patches (e.g. 192 x 160); the
+least ``K + 3`` patches per stage for its screened path (``K`` = 12 in stage 3, 18 in stage
+4), so the graph is valid from the size where stage 4 has 21 patches (e.g. 160 x 160); the
 exporter's own range of each dimension is stored in the metadata (``dynamic_ranges``).
 """
 import json

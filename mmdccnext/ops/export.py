@@ -82,13 +82,15 @@ try:  # the loop primitive of torch.export (a private module, hence the fallback
 except ImportError:  # pragma: no cover - other torch versions: unrolled steps
     scan = None
 
-from .common import SCREEN_EXTRA
-
 #: Rows per block of the exported clustering, fixed when the graph is recorded: the largest
 #: temporaries are (B, ROW_BLOCK, N) screens and distances.
 ROW_BLOCK = 128
 #: Columns per group of the screen's two-level top-k.
 COL_GROUP = 16
+#: Candidates the screen keeps beyond the K - 1 neighbours and the patch itself: fewer than
+#: the PyTorch path's (:data:`.common.SCREEN_EXTRA`), as ONNX Runtime's TopK costs grow
+#: with k; a row whose candidates cannot be certified is redone exactly all the same.
+SCREEN_EXTRA = 2
 
 
 def _can_record_hops():

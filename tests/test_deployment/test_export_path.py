@@ -24,11 +24,12 @@ def randn(*shape, seed=0, dtype=torch.float32):
 @pytest.mark.parametrize(
     'B,N,C,K,d',
     [
-        (1, 50, 32, 9, 8),  # screened: N >= K + 9
+        (1, 50, 32, 9, 8),  # screened: N >= K + 3
         (2, 120, 33, 12, 8),  # ceil(33 / 8) = 5 sub-channels
         (3, 97, 20, 5, 4),
         (1, 64, 13, 18, 1),  # d = 1: full vectors
-        (2, 20, 16, 12, 8),  # N < K + 9: exact all-pairs path
+        (2, 20, 16, 12, 8),  # N = K + 8: screened, 2 candidates beyond the cluster
+        (2, 14, 16, 12, 8),  # N < K + 3: exact path
         (2, 7, 16, 12, 8),  # N < K
         (1, 1, 8, 3, 8),  # a single patch
         (1, 33, 8, 1, 8),  # K = 1

@@ -33,8 +33,8 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     if args.channels < 1 or args.kernel_size < 1 or args.threads < 1 or args.repeat < 1:
         parser.error('--channels, --kernel-size, --threads and --repeat must be >= 1')
-    if min(args.sizes) < args.kernel_size + 9:
-        parser.error(f'--sizes must be >= kernel size + 9 = {args.kernel_size + 9} (the '
+    if min(args.sizes) < args.kernel_size + 3:
+        parser.error(f'--sizes must be >= kernel size + 3 = {args.kernel_size + 3} (the '
                      'exported clustering needs that many patches)')
     return args
 
