@@ -157,3 +157,19 @@ def test_torch_export_of_a_layer_is_exact_at_large_n():
     assert torch.equal(idx, idx_ref)
     assert torch.equal(y, dcconv(x, model.layer.weight, model.layer.bias, impl='export'))
     torch.testing.assert_close(y, y_ref, rtol=0, atol=1e-4)
+
+
+def test_layer_benchmark_cli_checks_its_arguments():
+    import importlib.util
+    import os.path as osp
+    path = osp.join(osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))), 'tools',
+                    'deployment', 'benchmark_export_layer.py')
+    spec = importlib.util.spec_from_file_location('benchmark_export_layer', path)
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    with pytest.raises(SystemExit):
+        tool.parse_args(['--sizes', '14'])  # fewer than K + 3 = 15 patches
+    with pytest.raises(SystemExit):
+        tool.parse_args(['--threads', '0'])
+    args = tool.parse_args(['--sizes', '15', '1000', '--kernel-size', '12'])
+    assert args.sizes == [15, 1000] and args.channels == 160
