@@ -7,13 +7,14 @@ itself first, then ascending ``(distance, index)``) with operators that every ON
 has (MatMul, ReduceMin/ReduceSum, TopK, Gather, element-wise arithmetic, ``If``, ``Scan``),
 and returns the *same indices* as the other paths, not approximately the same ones.
 
-**Bounded memory.** The N x N matrix is never built. The rows are processed in blocks of
-:data:`ROW_BLOCK` (fixed when the graph is recorded; the last block is padded with copies of
-the last row), one block at a time: a (B, ROW_BLOCK, N) screen and its top-k live at once,
-so memory grows with N * ROW_BLOCK. Exported (``torch.export``, the dynamo ONNX exporter)
-the loop over the blocks is one ONNX ``Scan``, so the graph has the same size for any N and
-the input size can stay symbolic; in eager mode and under ``torch.jit.trace`` it is a Python
-loop (traced: unrolled for the traced size).
+**Bounded memory.** The N x N matrix is never built. The rows are processed in blocks of at
+most :data:`ROW_BLOCK` (fixed when the graph is recorded: of equal length for a fixed size,
+of ROW_BLOCK with padding rows for a symbolic one, :func:`_row_blocks`), one at a time: a
+(B, ROW_BLOCK, N) screen and its top-k live at once, so memory grows with N * ROW_BLOCK.
+Exported (``torch.export``, the dynamo ONNX exporter) the loop over the blocks is one ONNX
+``Scan``, so the graph has the same size for any N and the input size can stay symbolic;
+in eager mode and under ``torch.jit.trace`` it is a Python loop (traced: unrolled for the
+traced size).
 
 Clustering of the (B, N, D) sub-vectors ``s`` with cluster size ``Kc = min(K, N)``,
 ``m = Kc - 1`` neighbours, ``M = m + SCREEN_EXTRA`` and ``T = M + 2``:
