@@ -1,5 +1,6 @@
 """Inference speed and memory of DCCNeXt backbones next to MMPretrain's ConvNeXt-T and
-ResNet-50, in PyTorch eager and in ONNX Runtime (CPU).
+ResNet-50, in PyTorch eager, under ``torch.compile`` (timed beside eager) and in ONNX Runtime
+(CPU).
 
 Every model is built from its registry (``mmdccnext.DCCNeXt``, ``mmpretrain.ConvNeXt``,
 ``mmpretrain.ResNet``) with random weights (speed does not depend on them), runs in the same
@@ -52,7 +53,7 @@ SETTINGS = OrderedDict(
                           Setting('1280x800 b1', 1, 800, 1280, True)))
 MODEL_NAMES = ('DCCNeXt-B0', 'DCCNeXt-B1', 'DCCNeXt-B2', 'ConvNeXt-T', 'ResNet-50')
 REFERENCE = 'ConvNeXt-T'
-ENGINES = ('torch', 'ort')
+ENGINES = ('torch', 'ort', 'compile')
 
 
 def backbone_cfg(name, dense):
@@ -484,6 +485,9 @@ def run_benchmark(models=MODEL_NAMES, settings=tuple(SETTINGS), engines=ENGINES,
         for engine in engines:
             if engine == 'torch':
                 runners = {m: torch_runner(built[m], x) for m in models}
+            elif engine == 'compile':  # torch.compile (inductor), timed beside eager
+                runners = {m: torch_runner(torch.compile(built[m]), x) for m in models}
+                runners.update({f'{m} (eager)': torch_runner(built[m], x) for m in models})
             else:
                 files = {m: export_for_benchmark(m, setting, work_dir, built[m]) for m in models}
                 runners = {m: ort_runner(files[m], x, threads) for m in models}
@@ -493,7 +497,10 @@ def run_benchmark(models=MODEL_NAMES, settings=tuple(SETTINGS), engines=ENGINES,
             for m in models:
                 row = dict(model=m, engine=engine, setting=setting_name, threads=threads,
                            load_before=load_before[0], load_after=load_after[0], **timing[m])
-                if memory:
+                if engine == 'compile':
+                    row['vs_eager'] = statistics.median(
+                        a / b for a, b in zip(timing[m]['ips'], timing[f'{m} (eager)']['ips']))
+                elif memory:
                     mem = measure_memory(m, engine, setting, threads,
                                          onnx_file(work_dir, m, setting)
                                          if engine == 'ort' else None)
@@ -511,6 +518,9 @@ def format_table(rows):
     lines = ['| setting | engine | model | images/s (median) | vs ConvNeXt-T (median ratio) '
              '| CPU time, vs ConvNeXt-T | model + inference MiB | inference MiB | load (1 min) |',
              '|---|---|---|---|---|---|---|---|---|']
+    if any('vs_eager' in r for r in rows):  # torch.compile: also the ratio to eager
+        lines = [lines[0].replace(' | load', ' | compiled vs eager | load'),
+                 lines[1] + '---|']
     for r in rows:
         ratio = f'{r["ratio"]:.2f}x' if r.get('ratio') is not None else 'n/a'
         cpu_ratio = f'{r["cpu_ratio"]:.2f}x' if r.get('cpu_ratio') is not None else 'n/a'
@@ -518,5 +528,6 @@ def format_table(rows):
         inference = f'{r["inference_mib"]:.0f}' if 'inference_mib' in r else '-'
         lines.append(f'| {r["setting"]} | {r["engine"]} | {r["model"]} | '
                      f'{r["median_ips"]:.2f} | {ratio} | {cpu_ratio} | {total} | {inference} | '
+                     + (f'{r["vs_eager"]:.2f}x | ' if 'vs_eager' in r else '') +
                      f'{r["load_before"]:.1f} -> {r["load_after"]:.1f} |')
     return '\n'.join(lines)

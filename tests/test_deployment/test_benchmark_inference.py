@@ -7,10 +7,11 @@ import pytest
 import torch
 
 from mmdccnext.analysis.inference_benchmark import (SETTINGS, UNACCOUNTED, backbone_cfg,
-                                                    build_backbone, build_whole_model, make_image,
-                                                    make_input, measure_memory, run_whole_benchmark,
-                                                    time_breakdown, time_interleaved,
-                                                    whole_breakdown, whole_model_cfg)
+                                                    build_backbone, build_whole_model, format_table,
+                                                    make_image, make_input, measure_memory,
+                                                    run_whole_benchmark, time_breakdown,
+                                                    time_interleaved, whole_breakdown,
+                                                    whole_model_cfg)
 
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 
@@ -111,3 +112,12 @@ def test_whole_models_through_the_libraries_inference_api():
                                memory=False, log=lambda table: None)
     assert [r['model'] for r in rows] == ['Semantic FPN DCCNeXt-B2', 'Semantic FPN ConvNeXt-T']
     assert rows[1]['ratio'] == 1.0 and rows[0]['ratio'] > 0 and rows[0]['setting'] == '512x512 b1'
+
+
+def test_compiled_rows_show_their_ratio_to_eager():
+    rows = [dict(setting='224x224 b32', engine='compile', model=m, median_ips=2., ratio=r,
+                 cpu_ratio=r, vs_eager=v, load_before=1., load_after=1.)
+            for m, r, v in (('DCCNeXt-B2', 1.4, 1.02), ('ConvNeXt-T', 1., 0.97))]
+    table = format_table(rows).splitlines()
+    assert 'compiled vs eager' in table[0] and table[1].count('|') == table[0].count('|')
+    assert table[2].count('|') == table[0].count('|') and '| 1.02x |' in table[2]

@@ -26,6 +26,7 @@ from torch.nn.modules.batchnorm import _NormBase
 
 from mmdccnext.ops import DCConv
 from mmdccnext.registry import MODELS
+from . import compile_ops
 from .inference import PROFILER_RANGE, Workspace, fast_path_applies
 
 
@@ -42,19 +43,25 @@ def _is_int(value):
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _dwconv_cl(conv, x):
+def _conv_cl(conv, x):
     """Apply an NCHW convolution to a channels-last ``(B, H, W, C)`` tensor.
 
     ``x.permute(0, 3, 1, 2)`` is a ``channels_last``-strided NCHW tensor, for which the
-    convolution returns channels-last memory again, so both permutes are views.
+    convolution returns channels-last memory again, so both permutes are views. Under
+    ``torch.compile`` on the CPU the same convolution runs as an op inductor leaves alone
+    (:mod:`.compile_ops`).
     """
+    if compile_ops.conv_applies(conv, x):
+        return compile_ops.conv(conv, x)
     return conv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
 
 
 class ConvFFN(BaseModule):
     """Conv-FFN: Linear(C, rC) -> 3x3 depthwise conv -> GELU -> Linear(rC, C).
 
-    Eq. (7)-(8) of the paper; works on channels-last ``(B, H, W, C)`` maps.
+    Eq. (7)-(8) of the paper; works on channels-last ``(B, H, W, C)`` maps. Under
+    ``torch.compile`` on the CPU it runs as one op with eager's kernels, which inductor
+    leaves alone (:mod:`mmdccnext.models.backbones.compile_ops` says why).
     """
 
     def __init__(self, channels, ffn_ratio=6., dw_kernel_size=3, init_cfg=None):
@@ -69,12 +76,13 @@ class ConvFFN(BaseModule):
     def forward(self, x, workspace=None):
         """``x``: (B, H, W, C); ``workspace``: the backbone's inference fast path
         (:class:`~mmdccnext.models.backbones.inference.Workspace`), or None."""
-        if workspace is not None:  # the hidden maps in reused buffers, GELU in place
+        if workspace is not None:  # the hidden maps in reused buffers
             x = workspace.linear(self.fc1, x, 'ffn_hidden')
-            x = workspace.depthwise_conv(self.dwconv, x, 'ffn_dwconv')
-            return self.fc2(workspace.gelu_(x, self.act.approximate))
+            return self.fc2(workspace.dwconv_gelu(self.dwconv, self.act, x, 'ffn_dwconv'))
+        if compile_ops.conv_ffn_applies(self, x):  # compiling on the CPU: one op
+            return compile_ops.conv_ffn(self, x)
         x = self.fc1(x)
-        x = _dwconv_cl(self.dwconv, x)
+        x = _conv_cl(self.dwconv, x)
         x = self.act(x)
         return self.fc2(x)
 
@@ -138,7 +146,7 @@ class DCCNeXtBlock(BaseModule):
         if self.use_dcconv:
             B, H, W, C = x.shape
             return self.mixer(x.reshape(B, H * W, C)).reshape(B, H, W, C)
-        return _dwconv_cl(self.mixer, x)
+        return _conv_cl(self.mixer, x)
 
     def _residual(self, x, y, gamma):
         if isinstance(self.drop_path, nn.Identity) or not self.training:
@@ -179,11 +187,10 @@ class Stem(BaseModule):
         self.norm = _layer_norm(channels, norm_cfg)
 
     def forward(self, x):
-        # A channels_last image makes the convolution write channels-last output, which the
-        # LayerNorm reads as is: cheaper than the LayerNorm's copy of an NCHW output (the
-        # image has 3 channels, the output 64), with identical results.
-        x = self.conv(x.contiguous(memory_format=torch.channels_last))
-        return self.norm(x.permute(0, 2, 3, 1))
+        # The image made channels-last makes the convolution write channels-last output,
+        # which the LayerNorm reads as is: cheaper than the LayerNorm's copy of an NCHW
+        # output (the image has 3 channels, the output 64), with identical results.
+        return self.norm(_conv_cl(self.conv, x.permute(0, 2, 3, 1).contiguous()))
 
 
 class Downsample(BaseModule):
@@ -196,7 +203,7 @@ class Downsample(BaseModule):
             in_channels, out_channels, kernel_size, stride=stride, padding=kernel_size // 2)
 
     def forward(self, x):
-        return _dwconv_cl(self.conv, self.norm(x))
+        return _conv_cl(self.conv, self.norm(x))
 
 
 @MODELS.register_module()
@@ -367,9 +374,24 @@ class DCCNeXt(BaseModule):
             raise ValueError(f'DCCNeXt got an empty batch (B = 0): images of shape '
                              f'{tuple(int(n) for n in x.shape)}')
         if fast_path_applies(self, x):
+            if torch.compiler.is_compiling():  # inductor cannot share buffers across blocks
+                return compile_ops.fast_path(self, x)
             with torch.profiler.record_function(PROFILER_RANGE):
                 return self._forward(x, Workspace())
         return self._forward(x, None)
+
+    def _output_shapes(self, shape):
+        """The shapes of the outputs for images of ``shape`` (B, C, H, W)."""
+        B, _, H, W = shape
+        shapes = []
+        for i, layer in enumerate(self.downsample_layers):
+            conv = layer.conv
+            H, W = ((n + 2 * p - d * (k - 1) - 1) // s + 1 for n, p, d, k, s in zip(
+                (H, W), conv.padding, conv.dilation, conv.kernel_size, conv.stride))
+            if i in self.out_indices:
+                shapes.append((B, self.channels[i]) if self.gap_before_final_norm else
+                              (B, self.channels[i], H, W))
+        return shapes
 
     def _forward(self, x, workspace):
         outs = []

@@ -13,18 +13,19 @@ that call and hands it to every block. The blocks then
   workspace, which all blocks of the pass reuse,
 * compute the depthwise convolution with oneDNN's in-place ``out += conv(x)`` on the zeroed
   buffer (``mkldnn::_convolution_pointwise_``, the kernel PyTorch's compiler uses for
-  convolution + addition) where this build of PyTorch has it,
-* apply GELU and both residual additions in place (a block's input is then the previous
-  layer's own output, never the caller's tensor).
+  convolution + addition) where this build of PyTorch has it, and GELU in place,
+* add both residuals in place (a block's input is then the previous layer's own output,
+  never the caller's tensor).
 
 The results are bit-identical to the plain forward (the same kernels, written elsewhere:
-``tests/test_models/test_inference_optimization.py``). The workspace is a local of one call
+``tests/test_models/test_inference_fast_path.py``). The workspace is a local of one call
 of the backbone's forward, so models and threads never share buffers, and nothing outlives
 the pass: a model evaluated and then trained trains exactly as one that never was.
 """
 import functools
 
 import torch
+from torch import nn
 
 from mmdccnext.ops.dcconv import is_exporting
 
@@ -46,12 +47,14 @@ def fast_path_applies(backbone, x):
     """Whether ``backbone`` (a :class:`DCCNeXt`) runs the fast path on the images ``x``.
 
     It does when it is safe and known to pay: autograd off (``torch.no_grad`` or
-    ``torch.inference_mode``); not compiling, exporting or tracing (they must record the plain
+    ``torch.inference_mode``); not exporting or tracing (they must record the plain
     operators); float32 CPU tensors without autocast (where it was validated and measured); no
     stochastic depth active (training mode with ``drop_path_rate > 0``); and no forward hook
     on any module inside the backbone (a hook must see the tensors of the plain forward).
+    Under ``torch.compile`` the backbone runs it as one op
+    (:func:`mmdccnext.models.backbones.compile_ops.fast_path`).
     """
-    return not (torch.is_grad_enabled() or torch.compiler.is_compiling() or is_exporting()
+    return not (torch.is_grad_enabled() or is_exporting()
                 or torch.jit.is_scripting() or x.device.type != 'cpu'
                 or x.dtype != torch.float32 or torch.is_autocast_enabled('cpu')
                 or (backbone.training and backbone.drop_path_rate > 0) or _hooked(backbone))
@@ -91,9 +94,16 @@ class Workspace:
                     out=out.view(-1, out.shape[-1]))
         return out
 
-    def depthwise_conv(self, conv, x, key):
-        """``conv`` of channels-last ``(B, H, W, C)`` ``x``, channels-last out: added by oneDNN to
-        the zeroed buffer ``key``, or the plain convolution where that does not apply."""
+    def dwconv_gelu(self, conv, act, x, key):
+        """``act(conv(x))`` of channels-last ``(B, H, W, C)`` ``x`` (``conv`` depthwise),
+        channels-last out: oneDNN's in-place convolution on the zeroed buffer ``key``, then
+        GELU in place."""
+        out = self._depthwise_conv(conv, x, key)
+        if isinstance(act, nn.GELU):
+            return torch._C._nn.gelu_(out, approximate=act.approximate)
+        return act(out)
+
+    def _depthwise_conv(self, conv, x, key):
         conv_add = _inplace_conv_add()
         if (conv_add is not None and torch.backends.mkldnn.enabled
                 and conv.padding_mode == 'zeros'):
@@ -106,10 +116,6 @@ class Workspace:
             except RuntimeError:  # a configuration oneDNN refuses: the plain convolution
                 pass
         return conv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
-
-    @staticmethod
-    def gelu_(x, approximate='none'):
-        return torch._C._nn.gelu_(x, approximate=approximate)
 
     @staticmethod
     def residual_(x, y, gamma):

@@ -1,0 +1,247 @@
+"""What DCCNeXt runs under ``torch.compile`` on the CPU: the Conv-FFN and the depthwise
+token mixer as ``torch.library`` ops that inductor leaves alone.
+
+Why. Compiled by inductor on the CPU, a DCCNeXt-B2 training step ran at 0.7-0.8x the speed of
+eager (224 x 224, batch 16, 1 thread, AMD EPYC; ``tools/analysis/benchmark_train.py --modes
+eager compiled``). Per kernel (``torch.profiler`` with inductor's kernel profile):
+
+* the depthwise convolutions' backward got its gradient in another memory format and took
+  about twice as long (the Conv-FFN's 3 x 3 over the 6C-wide map, the 7 x 7 mixer);
+* inductor's generated kernels for GELU's gradient fused with the column sums of the linear
+  layers' bias gradients ran 10-15x slower than PyTorch's ``gelu_backward`` and ``sum`` (about
+  0.3 s for one such kernel at stage 1, against ~20 ms in eager).
+
+Inside these ops the forward and backward are eager's own ATen calls on eager's memory
+layouts (the aten graph of eager's autograd, written out), so a compiled step computes what
+eager computes, bit for bit under ``aot_eager``, at eager's speed for these parts, while
+inductor still fuses the rest (LayerNorms, residuals, DCConv's glue).
+
+Where. Only while compiling (``torch.compiler.is_compiling()``) CPU tensors of DCCNeXt's own
+modules with no forward hooks on them (:func:`conv_ffn_applies`, :func:`dwconv_applies`).
+Eager runs the modules themselves, and so does every other device, where nothing was
+measured.
+"""
+import weakref
+
+import torch
+from torch import nn
+from torch.library import custom_op
+
+from .inference import PROFILER_RANGE
+
+aten = torch.ops.aten
+
+
+def _hooked(*modules):
+    """Whether a forward hook would see these modules' calls (which the ops skip)."""
+    hooks = torch.nn.modules.module
+    return bool(hooks._global_forward_hooks or hooks._global_forward_pre_hooks
+                or any(m._forward_hooks or m._forward_pre_hooks for m in modules))
+
+
+def _same_depthwise(conv, channels):
+    k = conv.kernel_size[0]
+    return (conv.groups == conv.in_channels == conv.out_channels == channels
+            and conv.kernel_size == (k, k) and k % 2 == 1 and conv.stride == (1, 1)
+            and conv.dilation == (1, 1) and conv.padding == (k // 2, k // 2)
+            and conv.padding_mode == 'zeros' and conv.bias is not None)
+
+
+def _compiling_cpu(x):
+    return (torch.compiler.is_compiling() and x.device.type == 'cpu'
+            and not torch.is_autocast_enabled('cpu'))
+
+
+def conv_ffn_applies(ffn, x):
+    """Whether ``ffn`` (a ConvFFN) runs as ``mmdccnext::conv_ffn`` on channels-last ``x``."""
+    return (_compiling_cpu(x) and isinstance(ffn.act, nn.GELU)
+            and ffn.fc1.bias is not None and ffn.fc2.bias is not None
+            and _same_depthwise(ffn.dwconv, ffn.fc1.out_features)
+            and not _hooked(ffn, ffn.fc1, ffn.dwconv, ffn.act, ffn.fc2))
+
+
+def _conv_args(weight):
+    k = weight.shape[-1]
+    return [1, 1], [k // 2, k // 2], [1, 1], False, [0, 0], weight.shape[0]
+
+
+# ---------------------------------------------------------------------------------------
+# Conv-FFN: fc1 -> depthwise conv -> GELU -> fc2 on channels-last (B, H, W, C)
+# ---------------------------------------------------------------------------------------
+@custom_op('mmdccnext::conv_ffn', mutates_args=())
+def conv_ffn_op(x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, wd: torch.Tensor,
+                bd: torch.Tensor, w2: torch.Tensor, b2: torch.Tensor, approximate: str
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(out, h1, pre, h3): the output and what the backward needs (fc1's output, the
+    convolution's output, GELU's output), each channels-last (B, H, W, .)."""
+    B, H, W, C = x.shape
+    h1 = aten.addmm(b1, x.view(-1, C), w1.t()).view(B, H, W, -1)
+    pre = aten.convolution(h1.permute(0, 3, 1, 2), wd, bd, *_conv_args(wd)).permute(0, 2, 3, 1)
+    h3 = aten.gelu(pre, approximate=approximate)
+    out = aten.addmm(b2, h3.view(B * H * W, -1), w2.t()).view(B, H, W, C)
+    return out, h1, pre, h3
+
+
+@conv_ffn_op.register_fake
+def _(x, w1, b1, wd, bd, w2, b2, approximate):
+    hidden = x.new_empty((*x.shape[:-1], w1.shape[0]))
+    return torch.empty_like(x), hidden, torch.empty_like(hidden), torch.empty_like(hidden)
+
+
+@custom_op('mmdccnext::conv_ffn_backward', mutates_args=())
+def conv_ffn_backward_op(grad: torch.Tensor, x: torch.Tensor, w1: torch.Tensor,
+                         h1: torch.Tensor, wd: torch.Tensor, pre: torch.Tensor,
+                         h3: torch.Tensor, w2: torch.Tensor, approximate: str
+                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+                                    torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(grad x, w1, b1, wd, bd, w2, b2), in the order and with the strides of eager's
+    autograd graph."""
+    B, H, W, C = x.shape
+    g = grad.view(-1, C)
+    grad_h3 = aten.mm(g, w2)
+    grad_w2 = aten.mm(g.t(), h3.view(B * H * W, -1))
+    grad_b2 = aten.sum(g, [0], True).view(C)
+    grad_pre = aten.gelu_backward(grad_h3.view(B, H, W, -1), pre, approximate=approximate)
+    grad_h1, grad_wd, grad_bd = aten.convolution_backward(
+        grad_pre.permute(0, 3, 1, 2), h1.permute(0, 3, 1, 2), wd, [wd.shape[0]],
+        *_conv_args(wd), [True, True, True])
+    grad_wd = grad_wd.contiguous()  # as declared (a view for a depthwise kernel)
+    grad_h1 = grad_h1.permute(0, 2, 3, 1).reshape(B * H * W, -1)
+    grad_x = aten.mm(grad_h1, w1).view(B, H, W, C)
+    grad_w1 = aten.mm(grad_h1.t(), x.view(-1, C))
+    grad_b1 = aten.sum(grad_h1, [0], True).view(-1)
+    return grad_x, grad_w1, grad_b1, grad_wd, grad_bd, grad_w2, grad_b2
+
+
+@conv_ffn_backward_op.register_fake
+def _(grad, x, w1, h1, wd, pre, h3, w2, approximate):
+    return (torch.empty_like(x), torch.empty_like(w1), w1.new_empty(w1.shape[0]),
+            torch.empty_like(wd), wd.new_empty(wd.shape[0]), torch.empty_like(w2),
+            w2.new_empty(w2.shape[0]))
+
+
+def _ffn_setup_context(ctx, inputs, output):
+    x, w1, b1, wd, bd, w2, b2, approximate = inputs
+    _, h1, pre, h3 = output
+    ctx.save_for_backward(x, w1, h1, wd, pre, h3, w2)
+    ctx.approximate = approximate
+
+
+def _ffn_backward(ctx, grad, *unused):  # h1, pre and h3 are internal: nothing flows into them
+    grads = conv_ffn_backward_op(grad.contiguous(), *ctx.saved_tensors, ctx.approximate)
+    return tuple(g if need else None for g, need in zip(grads, ctx.needs_input_grad)) + (None, )
+
+
+conv_ffn_op.register_autograd(_ffn_backward, setup_context=_ffn_setup_context)
+
+
+def conv_ffn(ffn, x):
+    """``ffn(x)`` (a ConvFFN, where :func:`conv_ffn_applies`) through the op."""
+    return conv_ffn_op(x.contiguous(), ffn.fc1.weight, ffn.fc1.bias, ffn.dwconv.weight,
+                       ffn.dwconv.bias, ffn.fc2.weight, ffn.fc2.bias, ffn.act.approximate)[0]
+
+
+# ---------------------------------------------------------------------------------------
+# Any other convolution (stem, downsampling, depthwise mixer) on channels-last maps
+# ---------------------------------------------------------------------------------------
+@custom_op('mmdccnext::conv_cl', mutates_args=())
+def conv_op(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+            stride: list[int], padding: list[int], groups: int) -> torch.Tensor:
+    """``conv`` of channels-last ``(B, H, W, C)`` ``x`` (read as the channels_last NCHW
+    tensor it is), channels-last ``(B, H', W', C')`` out."""
+    out = aten.convolution(x.permute(0, 3, 1, 2), weight, bias, stride, padding, [1, 1], False,
+                           [0, 0], groups)
+    return out.permute(0, 2, 3, 1).contiguous()  # a view already: oneDNN keeps the layout
+
+
+@conv_op.register_fake
+def _(x, weight, bias, stride, padding, groups):
+    B, H, W, _ = x.shape
+    k = weight.shape[-2:]
+    size = [(n + 2 * p - kk) // s + 1 for n, p, kk, s in zip((H, W), padding, k, stride)]
+    return x.new_empty((B, *size, weight.shape[0]))
+
+
+@custom_op('mmdccnext::conv_cl_backward', mutates_args=())
+def conv_backward_op(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
+                     stride: list[int], padding: list[int], groups: int, need_bias: bool
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    grad_x, grad_w, grad_b = aten.convolution_backward(
+        grad.permute(0, 3, 1, 2), x.permute(0, 3, 1, 2), weight,
+        [weight.shape[0]] if need_bias else None, stride, padding, [1, 1], False, [0, 0],
+        groups, [True, True, need_bias])
+    # grad_w comes back channels_last for a channels_last input; the contiguous copy is what
+    # the registration declares (the values are eager's)
+    return (grad_x.permute(0, 2, 3, 1).contiguous(), grad_w.contiguous(),
+            grad_b if need_bias else weight.new_empty(0))
+
+
+@conv_backward_op.register_fake
+def _(grad, x, weight, stride, padding, groups, need_bias):
+    return (torch.empty_like(x), torch.empty_like(weight),
+            weight.new_empty(weight.shape[0] if need_bias else 0))
+
+
+def _conv_setup_context(ctx, inputs, output):
+    x, weight, bias, stride, padding, groups = inputs
+    ctx.save_for_backward(x, weight)
+    ctx.args = (stride, padding, groups, bias is not None)
+
+
+def _conv_backward(ctx, grad):
+    grads = conv_backward_op(grad.contiguous(), *ctx.saved_tensors, *ctx.args)
+    need = ctx.needs_input_grad[:3]
+    return tuple(g if n else None for g, n in zip(grads, need)) + (None, None, None)
+
+
+conv_op.register_autograd(_conv_backward, setup_context=_conv_setup_context)
+
+
+def conv_applies(conv, x):
+    """Whether ``conv`` runs as ``mmdccnext::conv_cl`` on the channels-last ``x``."""
+    return (_compiling_cpu(x) and isinstance(conv, nn.Conv2d) and conv.dilation == (1, 1)
+            and conv.padding_mode == 'zeros' and not isinstance(conv.padding, str)
+            and not _hooked(conv))
+
+
+def conv(conv, x):
+    """``conv`` (where :func:`conv_applies`) of channels-last ``x`` through the op."""
+    return conv_op(x.contiguous(), conv.weight, conv.bias, list(conv.stride), list(conv.padding),
+                   conv.groups)
+
+
+# ---------------------------------------------------------------------------------------
+# Inference: the backbone's eager fast path as one op
+# ---------------------------------------------------------------------------------------
+#: the backbones whose fast path a compiled graph calls, by id (a graph holds the id, an int)
+_BACKBONES = weakref.WeakValueDictionary()
+
+
+@custom_op('mmdccnext::dccnext_fast_path', mutates_args=())
+def fast_path_op(x: torch.Tensor, params: list[torch.Tensor], key: int) -> list[torch.Tensor]:
+    """The outputs of the backbone ``key`` for the images ``x``, by its eager inference fast
+    path. ``params`` (its parameters) are inputs so that the graph depends on them."""
+    from .inference import Workspace
+    backbone = _BACKBONES[key]
+    with torch.no_grad(), torch.profiler.record_function(PROFILER_RANGE):
+        return list(backbone._forward(x, Workspace()))
+
+
+@fast_path_op.register_fake
+def _(x, params, key):
+    return [x.new_empty(shape) for shape in _BACKBONES[key]._output_shapes(x.shape)]
+
+
+def fast_path(backbone, x):
+    """``backbone(x)`` without autograd while compiling (the backbone decided that its fast
+    path applies): inductor cannot reuse buffers across the blocks of a pass and works in
+    place less than the fast path does, which made a compiled B2 forward without autograd
+    0.86x the speed of the eager fast path (224 x 224, batch 32, 1 thread, AMD EPYC)."""
+    return tuple(fast_path_op(x, list(backbone.parameters()), _register(backbone)))
+
+
+@torch.compiler.assume_constant_result
+def _register(backbone):
+    # run while tracing (not traced): the graph keeps the returned id as a constant
+    _BACKBONES[id(backbone)] = backbone
+    return id(backbone)
