@@ -123,3 +123,15 @@ def test_without_autograd_a_compiled_backbone_runs_the_fast_path_as_one_op():
             assert [c.shape for c in compiled] == [e.shape for e in eager]
             for c, e in zip(compiled, eager):
                 assert torch.equal(c, e), backend
+
+
+def test_exports_record_the_standard_operators():
+    # torch.export traces with torch.compiler.is_compiling() true: no op of ours may appear
+    torch.manual_seed(0)
+    model = DCCNeXt(arch=dict(channels=[8, 16, 24, 32], depths=[1, 1, 1, 1]),
+                    out_indices=(2, 3), drop_path_rate=0.).eval()
+    with torch.no_grad():
+        program = torch.export.export(model, (randn(1, 3, 64, 64, seed=8), ))
+    targets = {str(node.target) for node in program.graph.nodes}
+    assert not [t for t in targets if t.startswith('mmdccnext.')], targets
+    assert 'aten.convolution.default' in targets or 'aten.conv2d.default' in targets, targets

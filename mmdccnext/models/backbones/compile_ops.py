@@ -1,25 +1,34 @@
-"""What DCCNeXt runs under ``torch.compile`` on the CPU: the Conv-FFN and the depthwise
-token mixer as ``torch.library`` ops that inductor leaves alone.
+"""What DCCNeXt runs under ``torch.compile`` on the CPU: its convolutions, its Conv-FFN and,
+without autograd, its inference fast path as ``torch.library`` ops that inductor leaves alone.
 
-Why. Compiled by inductor on the CPU, a DCCNeXt-B2 training step ran at 0.7-0.8x the speed of
-eager (224 x 224, batch 16, 1 thread, AMD EPYC; ``tools/analysis/benchmark_train.py --modes
-eager compiled``). Per kernel (``torch.profiler`` with inductor's kernel profile):
+Why. Compiled by inductor on the CPU, a DCCNeXt-B2 training step ran at 0.8x the speed of
+eager and a forward without autograd at 0.86x the eager fast path (224 x 224, 1 thread, AMD
+EPYC; ``tools/analysis/benchmark_train.py --modes eager compiled``,
+``tools/analysis/benchmark_inference.py --engines compile``). Per kernel (``torch.profiler``
+with inductor's kernel profile):
 
-* the depthwise convolutions' backward got its gradient in another memory format and took
-  about twice as long (the Conv-FFN's 3 x 3 over the 6C-wide map, the 7 x 7 mixer);
-* inductor's generated kernels for GELU's gradient fused with the column sums of the linear
-  layers' bias gradients ran 10-15x slower than PyTorch's ``gelu_backward`` and ``sum`` (about
-  0.3 s for one such kernel at stage 1, against ~20 ms in eager).
+* inductor's *layout optimisation*, which it turns on for every CPU graph holding an aten
+  convolution when oneDNN is available, re-lays the channels-last maps that DCCNeXt already
+  keeps: its LayerNorm / residual kernels transposed whole maps (up to 0.2 s per kernel at
+  stage 1); compiled with ``options={'layout_optimization': False}`` the same step ran at
+  1.0x eager;
+* its generated kernels for GELU's gradient fused with the column sums of the linear layers'
+  bias gradients ran 10-15x slower than ATen's ``gelu_backward`` and ``sum``;
+* it cannot share buffers across the blocks of a pass as the inference fast path does.
 
-Inside these ops the forward and backward are eager's own ATen calls on eager's memory
-layouts (the aten graph of eager's autograd, written out), so a compiled step computes what
-eager computes, bit for bit under ``aot_eager``, at eager's speed for these parts, while
-inductor still fuses the rest (LayerNorms, residuals, DCConv's glue).
+So, while compiling on the CPU, every convolution runs as ``mmdccnext::conv_cl`` and the whole
+Conv-FFN as ``mmdccnext::conv_ffn`` (eager's own ATen calls on eager's layouts, forward and
+backward: the aten graph of eager's autograd written out), so that the graph holds no
+convolution and inductor fuses only the rest (LayerNorms, residuals, DCConv's glue); without
+autograd the backbone's fast path runs as one op, ``mmdccnext::dccnext_fast_path``. A
+compiled backbone computes eager's results bit for bit under ``aot_eager``
+(``tests/test_models/test_compile_ops.py``). A model's own setting, nothing global: other
+models in the process compile as before.
 
-Where. Only while compiling (``torch.compiler.is_compiling()``) CPU tensors of DCCNeXt's own
-modules with no forward hooks on them (:func:`conv_ffn_applies`, :func:`dwconv_applies`).
-Eager runs the modules themselves, and so does every other device, where nothing was
-measured.
+Where. Only while compiling (``torch.compiler.is_compiling()``, not exporting) CPU tensors
+without autocast, for DCCNeXt's own modules with no forward hooks on them
+(:func:`conv_ffn_applies`, :func:`conv_applies`; the fast path decides for itself). Eager
+runs the modules themselves, and so does every other device, where nothing was measured.
 """
 import weakref
 
@@ -27,6 +36,7 @@ import torch
 from torch import nn
 from torch.library import custom_op
 
+from mmdccnext.ops.dcconv import is_exporting
 from .inference import PROFILER_RANGE
 
 aten = torch.ops.aten
@@ -48,7 +58,9 @@ def _same_depthwise(conv, channels):
 
 
 def _compiling_cpu(x):
-    return (torch.compiler.is_compiling() and x.device.type == 'cpu'
+    # torch.export (and so ONNX export) traces with is_compiling() true too: exports must
+    # record the standard operators
+    return (torch.compiler.is_compiling() and not is_exporting() and x.device.type == 'cpu'
             and not torch.is_autocast_enabled('cpu'))
 
 
