@@ -8,8 +8,9 @@ data_root = 'data/synthetic/coco/'
 metainfo = dict(classes=('circle', 'cross', 'ring', 'square', 'star', 'triangle'))
 img_scale = (160, 128)
 # 7 epochs of 75 iterations keep `make demo` within 10 minutes on a 2-core CPU. Seed 0, 1
-# thread, val bbox AP50 / AP (pycocotools): 8 epochs 0.951 / 0.622, 7 epochs 0.949 / 0.602,
-# 6 epochs 0.931 / 0.573 (docs/en/get_started.md#make-demo has every seed).
+# thread, val bbox AP50 / AP (pycocotools), AMD EPYC Zen 4: 7 epochs 0.949 / 0.602, 6 epochs
+# 0.931 / 0.573 (8 epochs, on an AVX2 EPYC: 0.951 / 0.622). Every seed:
+# docs/en/get_started.md#make-demo.
 max_epochs = 7
 
 # The head from scratch: GroupNorm in its conv towers, as detectors trained from scratch use
