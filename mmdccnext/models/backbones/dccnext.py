@@ -28,8 +28,9 @@ from torch.nn.modules.batchnorm import _NormBase
 from mmdccnext.ops import DCConv
 from mmdccnext.ops.dcconv import is_exporting
 from mmdccnext.registry import MODELS
-from . import compile_ops
+from . import compile_ops, training
 from .inference import PROFILER_RANGE, Workspace, fast_path_applies
+from .training import Scratch
 
 
 def _layer_norm(channels, norm_cfg):
@@ -63,7 +64,9 @@ class ConvFFN(BaseModule):
 
     Eq. (7)-(8) of the paper; works on channels-last ``(B, H, W, C)`` maps. Under
     ``torch.compile`` on the CPU it runs as one op with eager's kernels, which inductor
-    leaves alone (:mod:`mmdccnext.models.backbones.compile_ops` says why).
+    leaves alone (:mod:`mmdccnext.models.backbones.compile_ops` says why); under eager
+    autograd on the CPU as one autograd node that keeps fewer of the rC-wide maps
+    (:mod:`mmdccnext.models.backbones.training`).
     """
 
     def __init__(self, channels, ffn_ratio=6., dw_kernel_size=3, init_cfg=None):
@@ -77,14 +80,17 @@ class ConvFFN(BaseModule):
 
     def forward(self, x, workspace=None):
         """``x``: (B, H, W, C); ``workspace``: the backbone's inference fast path
-        (:class:`~mmdccnext.models.backbones.inference.Workspace`), or None."""
-        if workspace is not None:  # the hidden maps in reused buffers
+        (:class:`~mmdccnext.models.backbones.inference.Workspace`), the buffers of a pass
+        under autograd (:class:`~mmdccnext.models.backbones.training.Scratch`), or None."""
+        if isinstance(workspace, Workspace):  # the hidden maps in reused buffers
             x = workspace.linear(self.fc1, x, 'ffn_hidden')
             return self.fc2(workspace.dwconv_gelu(self.dwconv, self.act, x, 'ffn_dwconv'))
         if compile_ops.conv_ffn_applies(self, x):  # compiling on the CPU: one op
             return compile_ops.conv_ffn(self, x)
         if is_exporting():
             return self._forward_nchw(x)
+        if training.node_applies(self, x):  # autograd on the CPU: one node, fewer maps
+            return training.conv_ffn(self, x, workspace)
         x = self.fc1(x)
         x = _conv_cl(self.dwconv, x)
         x = self.act(x)
@@ -174,19 +180,20 @@ class DCCNeXtBlock(BaseModule):
             y = y * gamma
         return x + self.drop_path(y)
 
-    def _forward(self, x):
+    def _forward(self, x, scratch=None):
         x = self._residual(x, self._mix(self.norm1(x)), self.gamma1)
-        return self._residual(x, self.ffn(self.norm2(x)), self.gamma2)
+        return self._residual(x, self.ffn(self.norm2(x), scratch), self.gamma2)
 
     def forward(self, x, workspace=None):
-        """``x``: (B, H, W, C). With ``workspace`` (the backbone's inference fast path) the
-        residuals are added in place: ``x`` must be the previous layer's output."""
-        if workspace is not None:
+        """``x``: (B, H, W, C). With a ``workspace`` (the backbone's inference fast path) the
+        residuals are added in place: ``x`` must be the previous layer's output. A
+        :class:`~mmdccnext.models.backbones.training.Scratch` goes to the Conv-FFN."""
+        if isinstance(workspace, Workspace):
             x = workspace.residual_(x, self._mix(self.norm1(x)), self.gamma1)
             return workspace.residual_(x, self.ffn(self.norm2(x), workspace), self.gamma2)
         if self.with_cp and self.training and torch.is_grad_enabled():
-            return cp.checkpoint(self._forward, x, use_reentrant=False)
-        return self._forward(x)
+            return cp.checkpoint(self._forward, x, workspace, use_reentrant=False)
+        return self._forward(x, workspace)
 
 
 class Stem(BaseModule):
@@ -396,7 +403,12 @@ class DCCNeXt(BaseModule):
                 return compile_ops.fast_path(self, x)
             with torch.profiler.record_function(PROFILER_RANGE):
                 return self._forward(x, Workspace())
-        return self._forward(x, None)
+        if not torch.is_grad_enabled() or torch.compiler.is_compiling():
+            return self._forward(x, None)
+        scratch = Scratch()  # the Conv-FFN nodes' shared buffers (eager autograd)
+        outs = self._forward(x, scratch)
+        scratch.release('forward')  # the backward pass allocates its own
+        return outs
 
     def _output_shapes(self, shape):
         """The shapes of the outputs for images of ``shape`` (B, C, H, W)."""

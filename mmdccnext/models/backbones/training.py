@@ -1,0 +1,121 @@
+"""DCCNeXt's Conv-FFN under autograd on the CPU: one autograd node with fewer fresh maps.
+
+Why. Profiled on the CPU (``tools/analysis/benchmark_train.py --profile``; DCCNeXt-B2,
+224 x 224, batch 16, 1 thread, AMD EPYC Zen 4), the training step's largest cost besides the
+matrix products was memory: the Conv-FFN's rC-wide maps (r = 6) are the largest tensors of the
+network, and plain autograd keeps three of them per block (``fc1``'s output, the depthwise
+convolution's output, GELU's output) and allocates three more in the backward pass (the
+gradients of GELU's output, of its input and of the convolution's input). A freshly allocated
+large tensor costs page faults that take longer than the memory-bound operation that fills it
+(stage 1's 77 MB maps are always fresh memory: glibc maps them anew each time), and a step
+spent 0.6-1.9 s of its 6-7 s of CPU time in the kernel, faulting pages in.
+
+What. While autograd records on float32 CPU tensors, :class:`ConvFFN`'s forward runs as one
+node (:class:`ConvFFNFunction`) that
+
+* keeps two of the three hidden maps (``fc1``'s and the convolution's output) and writes GELU's
+  output, which only ``fc2`` reads, into a buffer that all blocks of the pass share;
+* recomputes GELU's output in the backward pass (one element-wise pass) into a second shared
+  buffer, and then overwrites that buffer with the gradient of GELU's output (``mm(..., out=)``)
+  and with the gradient of its input (``gelu_backward`` in place).
+
+The same ATen kernels as plain autograd, called with the same operands: the gradients equal
+the plain modules' up to float rounding (``tests/test_models/test_training_node.py``). The
+buffers belong to one forward pass (a :class:`Scratch` made by :meth:`DCCNeXt.forward` and
+held by that pass's nodes): models, threads and graphs never share them. Measured: see
+docs/en/benchmarks.md.
+"""
+import torch
+from torch import nn
+
+from mmdccnext.ops.dcconv import is_exporting
+from .compile_ops import _hooked, _same_depthwise
+
+aten = torch.ops.aten
+
+
+class Scratch:
+    """The shared buffers of one forward pass (and its backward) of one backbone."""
+
+    def __init__(self):
+        self._buffers = {}
+
+    def buffer(self, key, like):
+        """A tensor shaped and typed as ``like``, a view of the buffer ``key`` (grown when too
+        small; all blocks of the pass reuse it)."""
+        buf = self._buffers.get(key)
+        if buf is None or buf.numel() < like.numel():
+            buf = self._buffers[key] = like.new_empty(like.numel())
+        return buf[:like.numel()].view(like.shape)
+
+    def release(self, key):
+        """Drop the buffer ``key`` (the forward's, once the forward pass is over)."""
+        self._buffers.pop(key, None)
+
+
+def node_applies(ffn, x):
+    """Whether the ConvFFN ``ffn`` runs as :class:`ConvFFNFunction` on channels-last ``x``:
+    autograd recording something of it, float32 CPU tensors without autocast, not compiling,
+    exporting or tracing (they record the plain operators), GELU, biases, a same-size
+    depthwise convolution, and no forward hook on the FFN's modules (a hook must see them)."""
+    return (torch.is_grad_enabled() and x.device.type == 'cpu' and x.dtype == torch.float32
+            and (x.requires_grad or any(p.requires_grad for p in ffn.parameters()))
+            and not (torch.is_autocast_enabled('cpu') or torch.compiler.is_compiling()
+                     or is_exporting() or torch.jit.is_tracing() or torch.jit.is_scripting())
+            and type(ffn.act) is nn.GELU and ffn.fc1.bias is not None
+            and ffn.fc2.bias is not None and _same_depthwise(ffn.dwconv, ffn.fc1.out_features)
+            and all(p.dtype == torch.float32 for p in ffn.parameters())
+            and not _hooked(ffn, ffn.fc1, ffn.dwconv, ffn.act, ffn.fc2))
+
+
+def _conv_args(weight):
+    k = weight.shape[-1]
+    return [1, 1], [k // 2, k // 2], [1, 1], False, [0, 0], weight.shape[0]
+
+
+class ConvFFNFunction(torch.autograd.Function):
+    """fc1 -> depthwise conv -> GELU -> fc2 on channels-last ``(B, H, W, C)`` as one node."""
+
+    @staticmethod
+    def forward(ctx, x, w1, b1, wd, bd, w2, b2, approximate, scratch):
+        B, H, W, C = x.shape
+        h1 = aten.addmm(b1, x.view(-1, C), w1.t()).view(B, H, W, -1)
+        pre = aten.convolution(h1.permute(0, 3, 1, 2), wd, bd, *_conv_args(wd))
+        pre = pre.permute(0, 2, 3, 1)  # a view: oneDNN keeps the channels-last layout
+        h3 = torch._C._nn.gelu(pre, approximate=approximate, out=scratch.buffer('forward', pre))
+        out = aten.addmm(b2, h3.view(B * H * W, -1), w2.t()).view(B, H, W, C)
+        ctx.save_for_backward(x, w1, h1, wd, pre, w2)
+        ctx.approximate, ctx.scratch = approximate, scratch
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        x, w1, h1, wd, pre, w2 = ctx.saved_tensors
+        B, H, W, C = x.shape
+        g = grad.contiguous().view(-1, C)
+        hidden = ctx.scratch.buffer('backward', pre)  # GELU's output, then the gradients
+        h3 = torch._C._nn.gelu(pre, approximate=ctx.approximate, out=hidden)
+        grad_w2 = aten.mm(g.t(), h3.view(B * H * W, -1))
+        grad_b2 = aten.sum(g, [0], True).view(C)
+        torch.mm(g, w2, out=hidden.view(B * H * W, -1))  # d out / d h3
+        aten.gelu_backward.grad_input(
+            hidden, pre, approximate=ctx.approximate, grad_input=hidden)  # d out / d pre
+        grad_h1, grad_wd, grad_bd = aten.convolution_backward(
+            hidden.permute(0, 3, 1, 2), h1.permute(0, 3, 1, 2), wd, [wd.shape[0]],
+            *_conv_args(wd), [True, True, True])
+        grad_h1 = grad_h1.permute(0, 2, 3, 1).reshape(B * H * W, -1)
+        grad_x = aten.mm(grad_h1, w1).view(B, H, W, C) if ctx.needs_input_grad[0] else None
+        grad_w1 = aten.mm(grad_h1.t(), x.view(-1, C))
+        grad_b1 = aten.sum(grad_h1, [0], True).view(-1)
+        grads = (grad_x, grad_w1, grad_b1, grad_wd.contiguous(), grad_bd, grad_w2, grad_b2)
+        return tuple(g if need else None
+                     for g, need in zip(grads, ctx.needs_input_grad)) + (None, None)
+
+
+def conv_ffn(ffn, x, scratch):
+    """``ffn(x)`` (where :func:`node_applies`) as one autograd node; ``scratch``: the pass's
+    :class:`Scratch` (None: a scratch of this call alone)."""
+    return ConvFFNFunction.apply(x.contiguous(), ffn.fc1.weight, ffn.fc1.bias,
+                                 ffn.dwconv.weight, ffn.dwconv.bias, ffn.fc2.weight,
+                                 ffn.fc2.bias, ffn.act.approximate, scratch or Scratch())
