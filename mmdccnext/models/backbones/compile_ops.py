@@ -83,39 +83,42 @@ def _conv_args(weight):
 @custom_op('mmdccnext::conv_ffn', mutates_args=())
 def conv_ffn_op(x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, wd: torch.Tensor,
                 bd: torch.Tensor, w2: torch.Tensor, b2: torch.Tensor, approximate: str
-                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(out, h1, pre, h3): the output and what the backward needs (fc1's output, the
-    convolution's output, GELU's output), each channels-last (B, H, W, .)."""
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(out, h1, pre): the output and what the backward needs (fc1's output, the
+    convolution's output), each channels-last (B, H, W, .). GELU's output is recomputed in
+    the backward pass, as eager's autograd node does (:mod:`.training`)."""
     B, H, W, C = x.shape
     h1 = aten.addmm(b1, x.view(-1, C), w1.t()).view(B, H, W, -1)
     pre = aten.convolution(h1.permute(0, 3, 1, 2), wd, bd, *_conv_args(wd)).permute(0, 2, 3, 1)
     h3 = aten.gelu(pre, approximate=approximate)
     out = aten.addmm(b2, h3.view(B * H * W, -1), w2.t()).view(B, H, W, C)
-    return out, h1, pre, h3
+    return out, h1, pre
 
 
 @conv_ffn_op.register_fake
 def _(x, w1, b1, wd, bd, w2, b2, approximate):
     hidden = x.new_empty((*x.shape[:-1], w1.shape[0]))
-    return torch.empty_like(x), hidden, torch.empty_like(hidden), torch.empty_like(hidden)
+    return torch.empty_like(x), hidden, torch.empty_like(hidden)
 
 
 @custom_op('mmdccnext::conv_ffn_backward', mutates_args=())
 def conv_ffn_backward_op(grad: torch.Tensor, x: torch.Tensor, w1: torch.Tensor,
                          h1: torch.Tensor, wd: torch.Tensor, pre: torch.Tensor,
-                         h3: torch.Tensor, w2: torch.Tensor, approximate: str
+                         w2: torch.Tensor, approximate: str
                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
                                     torch.Tensor, torch.Tensor, torch.Tensor]:
     """(grad x, w1, b1, wd, bd, w2, b2), in the order and with the strides of eager's
-    autograd graph."""
+    autograd graph. One rC-wide buffer holds GELU's output, then the gradients of GELU's
+    output and input (as in :class:`.training.ConvFFNFunction`)."""
     B, H, W, C = x.shape
     g = grad.view(-1, C)
-    grad_h3 = aten.mm(g, w2)
-    grad_w2 = aten.mm(g.t(), h3.view(B * H * W, -1))
+    hidden = aten.gelu(pre, approximate=approximate)
+    grad_w2 = aten.mm(g.t(), hidden.view(B * H * W, -1))
     grad_b2 = aten.sum(g, [0], True).view(C)
-    grad_pre = aten.gelu_backward(grad_h3.view(B, H, W, -1), pre, approximate=approximate)
+    torch.mm(g, w2, out=hidden.view(B * H * W, -1))
+    aten.gelu_backward.grad_input(hidden, pre, approximate=approximate, grad_input=hidden)
     grad_h1, grad_wd, grad_bd = aten.convolution_backward(
-        grad_pre.permute(0, 3, 1, 2), h1.permute(0, 3, 1, 2), wd, [wd.shape[0]],
+        hidden.permute(0, 3, 1, 2), h1.permute(0, 3, 1, 2), wd, [wd.shape[0]],
         *_conv_args(wd), [True, True, True])
     grad_wd = grad_wd.contiguous()  # as declared (a view for a depthwise kernel)
     grad_h1 = grad_h1.permute(0, 2, 3, 1).reshape(B * H * W, -1)
@@ -126,7 +129,7 @@ def conv_ffn_backward_op(grad: torch.Tensor, x: torch.Tensor, w1: torch.Tensor,
 
 
 @conv_ffn_backward_op.register_fake
-def _(grad, x, w1, h1, wd, pre, h3, w2, approximate):
+def _(grad, x, w1, h1, wd, pre, w2, approximate):
     return (torch.empty_like(x), torch.empty_like(w1), w1.new_empty(w1.shape[0]),
             torch.empty_like(wd), wd.new_empty(wd.shape[0]), torch.empty_like(w2),
             w2.new_empty(w2.shape[0]))
@@ -134,12 +137,12 @@ def _(grad, x, w1, h1, wd, pre, h3, w2, approximate):
 
 def _ffn_setup_context(ctx, inputs, output):
     x, w1, b1, wd, bd, w2, b2, approximate = inputs
-    _, h1, pre, h3 = output
-    ctx.save_for_backward(x, w1, h1, wd, pre, h3, w2)
+    _, h1, pre = output
+    ctx.save_for_backward(x, w1, h1, wd, pre, w2)
     ctx.approximate = approximate
 
 
-def _ffn_backward(ctx, grad, *unused):  # h1, pre and h3 are internal: nothing flows into them
+def _ffn_backward(ctx, grad, *unused):  # h1 and pre are internal: nothing flows into them
     grads = conv_ffn_backward_op(grad.contiguous(), *ctx.saved_tensors, ctx.approximate)
     return tuple(g if need else None for g, need in zip(grads, ctx.needs_input_grad)) + (None, )
 
