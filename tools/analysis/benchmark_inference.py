@@ -19,7 +19,6 @@ Examples::
 import argparse
 import json
 import os
-import platform
 
 import torch
 
@@ -28,6 +27,7 @@ from mmdccnext.analysis.inference_benchmark import (ENGINES, MODEL_NAMES, SETTIN
                                                     make_image, make_input, run_benchmark,
                                                     run_whole_benchmark, time_breakdown,
                                                     whole_breakdown)
+from mmdccnext.deployment.benchmark import machine
 from mmdccnext.utils.fileio import write_file_atomic
 
 
@@ -62,8 +62,7 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    print(f'{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch '
-          f'{torch.__version__}, threads {args.threads}, load {os.getloadavg()[0]:.1f}')
+    print(f'{machine()}; {os.cpu_count()} CPUs, torch {torch.__version__}')
     if args.whole and args.profile:
         for task in args.whole:
             for backbone in WHOLE_BACKBONES:

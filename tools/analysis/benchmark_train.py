@@ -12,13 +12,13 @@ Examples::
 import argparse
 import json
 import os
-import platform
 
 import torch
 
 from mmdccnext.analysis.train_benchmark import (MODES, TRAIN_MODELS, TRAIN_SETTINGS,
                                                 build_train_model, make_batch, run_train_benchmark,
                                                 train_breakdown)
+from mmdccnext.deployment.benchmark import machine
 from mmdccnext.utils.fileio import write_file_atomic
 
 
@@ -46,8 +46,7 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    print(f'{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch '
-          f'{torch.__version__}, threads {args.threads}, load {os.getloadavg()[0]:.1f}')
+    print(f'{machine()}; {os.cpu_count()} CPUs, torch {torch.__version__}')
     if args.profile:
         for name in args.settings:
             setting = TRAIN_SETTINGS[name]
