@@ -27,7 +27,6 @@ alone; an underestimate where the passes reuse memory freed while loading, e.g. 
 Runtime's weight prepacking).
 """
 import json
-import logging
 import math
 import os
 import os.path as osp
@@ -39,7 +38,7 @@ from collections import OrderedDict, namedtuple
 
 import torch
 
-from mmdccnext.apis.inference import config_file
+from mmdccnext.apis.inference import config_file, quiet_init_weights
 from mmdccnext.deployment import backbone_module, export_module, ort_session
 from mmdccnext.models.backbones.inference import PROFILER_RANGE
 from mmdccnext.registry import MODELS
@@ -259,8 +258,6 @@ def build_whole_model(task, backbone, seed=0):
     the config's initialisation (``init_weights``: the heads' prior-probability biases, as at
     the start of training; PyTorch's default initialisation would score every anchor about
     0.5 and send all of them through the post-processing)."""
-    from mmengine.logging import MMLogger
-
     cfg = whole_model_cfg(task, backbone)
     torch.manual_seed(seed)
     if WHOLE_MODELS[task].library == 'mmdet':
@@ -269,13 +266,7 @@ def build_whole_model(task, backbone, seed=0):
     else:
         from mmseg.apis import init_model
         model = init_model(cfg, device='cpu')
-    logger = MMLogger.get_current_instance()
-    level = logger.level
-    logger.setLevel(logging.WARNING)  # init_weights logs every parameter at INFO level
-    try:
-        model.init_weights()
-    finally:
-        logger.setLevel(level)
+    quiet_init_weights(model)
     return model
 
 

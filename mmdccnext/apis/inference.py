@@ -76,7 +76,8 @@ def _library_builder(scope):
     return getattr(importlib.import_module(module), name)
 
 
-def _quiet_init_weights(model):
+def quiet_init_weights(model):
+    """``model.init_weights()`` without MMEngine's INFO line per parameter."""
     logger = MMLogger.get_current_instance()
     level = logger.level
     logger.setLevel(logging.WARNING)  # init_weights reports every parameter at INFO level
@@ -137,7 +138,7 @@ def init_model(config, checkpoint=None, device='cpu', cfg_options=None, *, seed=
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     if checkpoint is None:
         if init_weights:
-            _quiet_init_weights(model)
+            quiet_init_weights(model)
     else:
         loaded = load_checkpoint(model, checkpoint, map_location='cpu', strict=strict,
                                  logger='current')
