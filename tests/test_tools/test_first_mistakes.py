@@ -58,7 +58,10 @@ def test_real_config_without_data_lists_every_missing_path_in_one_message(tmp_pa
     assert 'ln -s /path/to/your/copy data/coco' in message and 'make demo' in message
 
 
-def test_only_what_is_missing_is_listed_the_evaluator_file_too(tmp_path):
+def test_only_what_is_missing_is_listed_the_evaluator_file_too(tmp_path, monkeypatch):
+    # relative data paths are read from the current folder: one without data/ (a checkout
+    # where make demo ran has data/synthetic/coco)
+    monkeypatch.chdir(tmp_path)
     cfg = Config.fromfile(SYNTHETIC_RETINANET)
     root = tmp_path / 'coco'
     for folder in ('annotations', 'train2017', 'val2017'):
