@@ -37,24 +37,10 @@ from torch import nn
 from torch.library import custom_op
 
 from mmdccnext.ops.dcconv import is_exporting
-from .inference import PROFILER_RANGE
+from .inference import PROFILER_RANGE, hooked
+from .training import ffn_backward, ffn_forward, same_depthwise
 
 aten = torch.ops.aten
-
-
-def _hooked(*modules):
-    """Whether a forward hook would see these modules' calls (which the ops skip)."""
-    hooks = torch.nn.modules.module
-    return bool(hooks._global_forward_hooks or hooks._global_forward_pre_hooks
-                or any(m._forward_hooks or m._forward_pre_hooks for m in modules))
-
-
-def _same_depthwise(conv, channels):
-    k = conv.kernel_size[0]
-    return (conv.groups == conv.in_channels == conv.out_channels == channels
-            and conv.kernel_size == (k, k) and k % 2 == 1 and conv.stride == (1, 1)
-            and conv.dilation == (1, 1) and conv.padding == (k // 2, k // 2)
-            and conv.padding_mode == 'zeros' and conv.bias is not None)
 
 
 def _compiling_cpu(x):
@@ -68,13 +54,8 @@ def conv_ffn_applies(ffn, x):
     """Whether ``ffn`` (a ConvFFN) runs as ``mmdccnext::conv_ffn`` on channels-last ``x``."""
     return (_compiling_cpu(x) and isinstance(ffn.act, nn.GELU)
             and ffn.fc1.bias is not None and ffn.fc2.bias is not None
-            and _same_depthwise(ffn.dwconv, ffn.fc1.out_features)
-            and not _hooked(ffn, ffn.fc1, ffn.dwconv, ffn.act, ffn.fc2))
-
-
-def _conv_args(weight):
-    k = weight.shape[-1]
-    return [1, 1], [k // 2, k // 2], [1, 1], False, [0, 0], weight.shape[0]
+            and same_depthwise(ffn.dwconv, ffn.fc1.out_features)
+            and not hooked(ffn, ffn.fc1, ffn.dwconv, ffn.act, ffn.fc2))
 
 
 # ---------------------------------------------------------------------------------------
@@ -87,12 +68,7 @@ def conv_ffn_op(x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, wd: torch.T
     """(out, h1, pre): the output and what the backward needs (fc1's output, the
     convolution's output), each channels-last (B, H, W, .). GELU's output is recomputed in
     the backward pass, as eager's autograd node does (:mod:`.training`)."""
-    B, H, W, C = x.shape
-    h1 = aten.addmm(b1, x.view(-1, C), w1.t()).view(B, H, W, -1)
-    pre = aten.convolution(h1.permute(0, 3, 1, 2), wd, bd, *_conv_args(wd)).permute(0, 2, 3, 1)
-    h3 = aten.gelu(pre, approximate=approximate)
-    out = aten.addmm(b2, h3.view(B * H * W, -1), w2.t()).view(B, H, W, C)
-    return out, h1, pre
+    return ffn_forward(x, w1, b1, wd, bd, w2, b2, approximate)
 
 
 @conv_ffn_op.register_fake
@@ -110,22 +86,7 @@ def conv_ffn_backward_op(grad: torch.Tensor, x: torch.Tensor, w1: torch.Tensor,
     """(grad x, w1, b1, wd, bd, w2, b2), in the order and with the strides of eager's
     autograd graph. One rC-wide buffer holds GELU's output, then the gradients of GELU's
     output and input (as in :class:`.training.ConvFFNFunction`)."""
-    B, H, W, C = x.shape
-    g = grad.view(-1, C)
-    hidden = aten.gelu(pre, approximate=approximate)
-    grad_w2 = aten.mm(g.t(), hidden.view(B * H * W, -1))
-    grad_b2 = aten.sum(g, [0], True).view(C)
-    torch.mm(g, w2, out=hidden.view(B * H * W, -1))
-    aten.gelu_backward.grad_input(hidden, pre, approximate=approximate, grad_input=hidden)
-    grad_h1, grad_wd, grad_bd = aten.convolution_backward(
-        hidden.permute(0, 3, 1, 2), h1.permute(0, 3, 1, 2), wd, [wd.shape[0]],
-        *_conv_args(wd), [True, True, True])
-    grad_wd = grad_wd.contiguous()  # as declared (a view for a depthwise kernel)
-    grad_h1 = grad_h1.permute(0, 2, 3, 1).reshape(B * H * W, -1)
-    grad_x = aten.mm(grad_h1, w1).view(B, H, W, C)
-    grad_w1 = aten.mm(grad_h1.t(), x.view(-1, C))
-    grad_b1 = aten.sum(grad_h1, [0], True).view(-1)
-    return grad_x, grad_w1, grad_b1, grad_wd, grad_bd, grad_w2, grad_b2
+    return ffn_backward(grad, x, w1, h1, wd, pre, w2, approximate, torch.empty_like(pre))
 
 
 @conv_ffn_backward_op.register_fake
@@ -216,7 +177,7 @@ def conv_applies(conv, x):
     """Whether ``conv`` runs as ``mmdccnext::conv_cl`` on the channels-last ``x``."""
     return (_compiling_cpu(x) and isinstance(conv, nn.Conv2d) and conv.dilation == (1, 1)
             and conv.padding_mode == 'zeros' and not isinstance(conv.padding, str)
-            and not _hooked(conv))
+            and not hooked(conv))
 
 
 def conv(conv, x):

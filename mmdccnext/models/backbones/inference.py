@@ -33,14 +33,12 @@ from mmdccnext.ops.dcconv import is_exporting
 PROFILER_RANGE = 'mmdccnext::DCCNeXt.inference_fast_path'
 
 
-def _hooked(module):
-    """Whether a forward hook could see a tensor of ``module``'s pass (then the fast path,
-    which skips calls of submodules and overwrites its intermediate maps, must not run)."""
+def hooked(*modules):
+    """Whether a forward hook (global, or on one of ``modules``) would see these modules'
+    calls: then a path that skips their calls or overwrites their outputs must not run."""
     hooks = torch.nn.modules.module
-    if hooks._global_forward_hooks or hooks._global_forward_pre_hooks:
-        return True
-    return any(m._forward_hooks or m._forward_pre_hooks
-               for m in module.modules() if m is not module)
+    return bool(hooks._global_forward_hooks or hooks._global_forward_pre_hooks
+                or any(m._forward_hooks or m._forward_pre_hooks for m in modules))
 
 
 def fast_path_applies(backbone, x):
@@ -57,7 +55,8 @@ def fast_path_applies(backbone, x):
     return not (torch.is_grad_enabled() or is_exporting()
                 or torch.jit.is_scripting() or x.device.type != 'cpu'
                 or x.dtype != torch.float32 or torch.is_autocast_enabled('cpu')
-                or (backbone.training and backbone.drop_path_rate > 0) or _hooked(backbone))
+                or (backbone.training and backbone.drop_path_rate > 0)
+                or hooked(*(m for m in backbone.modules() if m is not backbone)))
 
 
 @functools.lru_cache(maxsize=None)

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from mmdccnext.ops.dcconv import is_exporting
-from .compile_ops import _hooked, _same_depthwise
+from .inference import hooked
 
 aten = torch.ops.aten
 
@@ -63,9 +63,19 @@ def node_applies(ffn, x):
             and not (torch.is_autocast_enabled('cpu') or torch.compiler.is_compiling()
                      or is_exporting() or torch.jit.is_tracing() or torch.jit.is_scripting())
             and type(ffn.act) is nn.GELU and ffn.fc1.bias is not None
-            and ffn.fc2.bias is not None and _same_depthwise(ffn.dwconv, ffn.fc1.out_features)
+            and ffn.fc2.bias is not None and same_depthwise(ffn.dwconv, ffn.fc1.out_features)
             and all(p.dtype == torch.float32 for p in ffn.parameters())
-            and not _hooked(ffn, ffn.fc1, ffn.dwconv, ffn.act, ffn.fc2))
+            and not hooked(ffn, ffn.fc1, ffn.dwconv, ffn.act, ffn.fc2))
+
+
+def same_depthwise(conv, channels):
+    """Whether ``conv`` is the same-size depthwise convolution (odd square kernel, stride 1,
+    zero padding k // 2, bias) over ``channels`` that :func:`ffn_forward` computes."""
+    k = conv.kernel_size[0]
+    return (conv.groups == conv.in_channels == conv.out_channels == channels
+            and conv.kernel_size == (k, k) and k % 2 == 1 and conv.stride == (1, 1)
+            and conv.dilation == (1, 1) and conv.padding == (k // 2, k // 2)
+            and conv.padding_mode == 'zeros' and conv.bias is not None)
 
 
 def _conv_args(weight):
@@ -73,17 +83,53 @@ def _conv_args(weight):
     return [1, 1], [k // 2, k // 2], [1, 1], False, [0, 0], weight.shape[0]
 
 
+def ffn_forward(x, w1, b1, wd, bd, w2, b2, approximate, gelu_buffer=None):
+    """The Conv-FFN on channels-last contiguous ``x`` with eager's ATen calls and layouts:
+    ``(out, h1, pre)``, the output and what :func:`ffn_backward` needs (fc1's output, the
+    convolution's output, both channels-last ``(B, H, W, rC)``). GELU's output, which only
+    fc2 reads, is written into ``gelu_buffer(pre)`` (a tensor shaped and strided as ``pre``)
+    when given, else into a new tensor."""
+    B, H, W, C = x.shape
+    h1 = aten.addmm(b1, x.view(-1, C), w1.t()).view(B, H, W, -1)
+    pre = aten.convolution(h1.permute(0, 3, 1, 2), wd, bd, *_conv_args(wd))
+    pre = pre.permute(0, 2, 3, 1)  # a view: oneDNN keeps the channels-last layout
+    h3 = torch._C._nn.gelu(pre, approximate=approximate,
+                           out=None if gelu_buffer is None else gelu_buffer(pre))
+    out = aten.addmm(b2, h3.view(B * H * W, -1), w2.t()).view(B, H, W, C)
+    return out, h1, pre
+
+
+def ffn_backward(grad, x, w1, h1, wd, pre, w2, approximate, hidden, need_grad_x=True):
+    """The gradients ``(x, w1, b1, wd, bd, w2, b2)`` of :func:`ffn_forward` for the
+    contiguous ``grad`` of its output, in the order and with the strides of eager's autograd
+    graph (``grad x`` None unless ``need_grad_x``). ``hidden`` (a tensor shaped and strided as
+    ``pre``) holds GELU's output, recomputed, then the gradients of GELU's output and input."""
+    B, H, W, C = x.shape
+    g = grad.view(-1, C)
+    h3 = torch._C._nn.gelu(pre, approximate=approximate, out=hidden)
+    grad_w2 = aten.mm(g.t(), h3.view(B * H * W, -1))
+    grad_b2 = aten.sum(g, [0], True).view(C)
+    torch.mm(g, w2, out=hidden.view(B * H * W, -1))  # d out / d h3
+    aten.gelu_backward.grad_input(
+        hidden, pre, approximate=approximate, grad_input=hidden)  # d out / d pre
+    grad_h1, grad_wd, grad_bd = aten.convolution_backward(
+        hidden.permute(0, 3, 1, 2), h1.permute(0, 3, 1, 2), wd, [wd.shape[0]],
+        *_conv_args(wd), [True, True, True])
+    grad_h1 = grad_h1.permute(0, 2, 3, 1).reshape(B * H * W, -1)
+    grad_x = aten.mm(grad_h1, w1).view(B, H, W, C) if need_grad_x else None
+    grad_w1 = aten.mm(grad_h1.t(), x.view(-1, C))
+    grad_b1 = aten.sum(grad_h1, [0], True).view(-1)
+    # grad_wd.contiguous(): a view for a depthwise kernel, the parameter's layout as eager's
+    return grad_x, grad_w1, grad_b1, grad_wd.contiguous(), grad_bd, grad_w2, grad_b2
+
+
 class ConvFFNFunction(torch.autograd.Function):
     """fc1 -> depthwise conv -> GELU -> fc2 on channels-last ``(B, H, W, C)`` as one node."""
 
     @staticmethod
     def forward(ctx, x, w1, b1, wd, bd, w2, b2, approximate, scratch):
-        B, H, W, C = x.shape
-        h1 = aten.addmm(b1, x.view(-1, C), w1.t()).view(B, H, W, -1)
-        pre = aten.convolution(h1.permute(0, 3, 1, 2), wd, bd, *_conv_args(wd))
-        pre = pre.permute(0, 2, 3, 1)  # a view: oneDNN keeps the channels-last layout
-        h3 = torch._C._nn.gelu(pre, approximate=approximate, out=scratch.buffer('forward', pre))
-        out = aten.addmm(b2, h3.view(B * H * W, -1), w2.t()).view(B, H, W, C)
+        out, h1, pre = ffn_forward(x, w1, b1, wd, bd, w2, b2, approximate,
+                                   lambda pre: scratch.buffer('forward', pre))
         ctx.save_for_backward(x, w1, h1, wd, pre, w2)
         ctx.approximate, ctx.scratch = approximate, scratch
         return out
@@ -92,23 +138,9 @@ class ConvFFNFunction(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
         x, w1, h1, wd, pre, w2 = ctx.saved_tensors
-        B, H, W, C = x.shape
-        g = grad.contiguous().view(-1, C)
-        hidden = ctx.scratch.buffer('backward', pre)  # GELU's output, then the gradients
-        h3 = torch._C._nn.gelu(pre, approximate=ctx.approximate, out=hidden)
-        grad_w2 = aten.mm(g.t(), h3.view(B * H * W, -1))
-        grad_b2 = aten.sum(g, [0], True).view(C)
-        torch.mm(g, w2, out=hidden.view(B * H * W, -1))  # d out / d h3
-        aten.gelu_backward.grad_input(
-            hidden, pre, approximate=ctx.approximate, grad_input=hidden)  # d out / d pre
-        grad_h1, grad_wd, grad_bd = aten.convolution_backward(
-            hidden.permute(0, 3, 1, 2), h1.permute(0, 3, 1, 2), wd, [wd.shape[0]],
-            *_conv_args(wd), [True, True, True])
-        grad_h1 = grad_h1.permute(0, 2, 3, 1).reshape(B * H * W, -1)
-        grad_x = aten.mm(grad_h1, w1).view(B, H, W, C) if ctx.needs_input_grad[0] else None
-        grad_w1 = aten.mm(grad_h1.t(), x.view(-1, C))
-        grad_b1 = aten.sum(grad_h1, [0], True).view(-1)
-        grads = (grad_x, grad_w1, grad_b1, grad_wd.contiguous(), grad_bd, grad_w2, grad_b2)
+        hidden = ctx.scratch.buffer('backward', pre)
+        grads = ffn_backward(grad.contiguous(), x, w1, h1, wd, pre, w2, ctx.approximate,
+                             hidden, need_grad_x=ctx.needs_input_grad[0])
         return tuple(g if need else None
                      for g, need in zip(grads, ctx.needs_input_grad)) + (None, None)
 
