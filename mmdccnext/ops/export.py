@@ -180,7 +180,9 @@ def _dense_copy(t):
 
 
 def _nan_to_inf(acc):
-    return torch.where(torch.isnan(acc), torch.full_like(acc, math.inf), acc)
+    # scalar fill values, never full_like: with static shapes ONNX Runtime folds a full_like
+    # into a constant of the block's size, held by the session (34 MiB for B2 at 1280x800)
+    return torch.where(torch.isnan(acc), math.inf, acc)
 
 
 def _add_square(acc, a, b):
@@ -205,7 +207,7 @@ def _exact_rows(s, rid, Kc, onnx_topk, use_scan):
         acc = _loop(step, acc, (rows[1:], st[1:]), use_scan)
     dist = _nan_to_inf(acc)
     is_self = rid[:, None] == torch.arange(s.shape[1], device=s.device)
-    dist = torch.where(is_self, torch.full_like(dist, -1.0), dist)
+    dist = torch.where(is_self, -1.0, dist)
     return _smallest_k(dist, Kc, onnx_topk)
 
 
@@ -296,7 +298,7 @@ def _screened(s, Kc, onnx_topk, use_scan, static=True):
     beta = _unblocked(beta, N)
     dist = _candidate_distances(s, cand, use_scan)
     self_ids = torch.arange(N, device=s.device)
-    dist = torch.where(cand == self_ids[:, None], torch.full_like(dist, math.inf), dist)
+    dist = torch.where(cand == self_ids[:, None], math.inf, dist)
     # order by (distance, index): by index first, then a sort that keeps ties in place
     by_index = _smallest_k(cand, T, onnx_topk)
     cand, dist = torch.gather(cand, 2, by_index), torch.gather(dist, 2, by_index)

@@ -75,6 +75,19 @@ def test_b0_backbone_matches_pytorch(b0_dynamic, photos, shape):
     assert outputs['cluster0'].shape == (len(photos), H // 16 * W // 16, 12)
 
 
+def test_b0_conv_weights_are_stored_as_the_convolutions_read_them(b0_dynamic):
+    # The Conv-FFN's Linear layers run as 1x1 convolutions; an Unsqueeze of their weights
+    # left in the graph is folded by ONNX Runtime, which then holds both copies.
+    onnx = pytest.importorskip('onnx', reason='onnx is not installed')
+    graph = onnx.load(b0_dynamic['path']).graph
+    weights = {t.name: list(t.dims) for t in graph.initializer}
+    convs = [n for n in graph.node if n.op_type == 'Conv']
+    assert len(convs) >= 2 * 12  # two 1x1 convolutions in each of B0's 13 Conv-FFNs
+    for node in convs:
+        assert len(weights.get(node.input[1], ())) == 4, node.name
+    assert not [n.name for n in graph.node if n.op_type == 'Unsqueeze' and n.input[0] in weights]
+
+
 def test_b0_cluster_differences_are_rounding_level_near_ties(b0_dynamic):
     # The op returns identical indices for identical features (test_export_path.py), but
     # the features that reach a DCConv layer differ between the runtimes in the last bits
