@@ -185,18 +185,19 @@ def fold_weight_unsqueezes(graph):
     """
     import onnx_ir as ir
     folded = 0
+    outputs = {v.name for v in graph.outputs}
     for node in list(graph):
         if node.op_type != 'Unsqueeze' or node.domain not in ('', 'ai.onnx'):
             continue
         weight, axes = node.inputs[0], node.inputs[1] if len(node.inputs) > 1 else None
         if (weight is None or not weight.is_initializer() or weight.const_value is None
-                or len(weight.uses()) != 1 or axes is None or axes.const_value is None
-                or weight.name in {v.name for v in graph.outputs}):
+                or len(weight.uses()) != 1 or weight.name in outputs or axes is None
+                or axes.const_value is None):
             continue
         data = weight.const_value.numpy()
-        rank = data.ndim + axes.const_value.numpy().size
-        dims = tuple(int(a) % rank for a in axes.const_value.numpy().reshape(-1))
-        array = np.ascontiguousarray(np.expand_dims(data, dims))
+        axes_list = axes.const_value.numpy().reshape(-1)
+        rank = data.ndim + axes_list.size
+        array = np.ascontiguousarray(np.expand_dims(data, tuple(int(a) % rank for a in axes_list)))
         out = node.outputs[0]
         name = out.name
         value = ir.Value(type=ir.TensorType(weight.dtype), shape=ir.Shape(array.shape),

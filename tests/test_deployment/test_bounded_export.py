@@ -9,10 +9,12 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from onnx_graphs import all_graphs
 
 from mmdccnext.deployment import backbone_module
 from mmdccnext.models.backbones import DCCNeXt
 from mmdccnext.ops import DCConv, cluster, dcconv
+from mmdccnext.ops.export import _row_blocks
 
 ort = pytest.importorskip('onnxruntime', reason='onnxruntime is not installed')
 pytest.importorskip('onnxscript', reason="onnxscript (torch's ONNX exporter) is not installed")
@@ -177,18 +179,6 @@ def test_layer_benchmark_cli_checks_its_arguments():
     assert args.sizes == [15, 1000] and args.channels == 160
 
 
-def _largest_constant(graph):
-    """The most elements of any initializer in ``graph`` and its subgraphs (an onnx proto)."""
-    from onnx import helper
-    sizes = [int(np.prod(t.dims)) for t in graph.initializer]
-    for node in graph.node:
-        for attr in node.attribute:
-            for sub in ([attr.g] if attr.type == helper.AttributeProto.GRAPH else []) + list(
-                    attr.graphs):
-                sizes.append(_largest_constant(sub))
-    return max(sizes, default=0)
-
-
 def test_static_export_holds_no_block_sized_constant(tmp_path):
     # With a fixed size ONNX Runtime folds every shape-only computation into a constant the
     # session keeps; a fill of a row block's (R, N) distances held 2 MB per layer at N = 4000.
@@ -206,9 +196,11 @@ def test_static_export_holds_no_block_sized_constant(tmp_path):
     opts.optimized_model_filepath = str(folded)
     session = ort.InferenceSession(str(path), opts, providers=['CPUExecutionProvider'])
     x = _hard_tokens(N, C, seed=1)
-    y, idx = session.run(None, {'x': x.numpy()})
+    _, idx = session.run(None, {'x': x.numpy()})
     with torch.no_grad():
-        ref_y, ref_idx = model(x)
+        _, ref_idx = model(x)
     assert np.array_equal(idx, ref_idx.numpy())
-    R = 125  # the row block of a fixed N = 2000: 16 blocks of 125 rows
-    assert _largest_constant(onnx.load(str(folded)).graph) < R * N // 4
+    R = _row_blocks(N, 'cpu', static=True).shape[1]  # 16 blocks of 125 rows
+    largest = max(int(np.prod(t.dims)) for g in all_graphs(onnx.load(str(folded)).graph)
+                  for t in g.initializer)
+    assert largest < R * N // 4

@@ -6,6 +6,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from onnx_graphs import all_graphs
 
 from mmdccnext.ops import DCConv, aggregate, available_impls, cluster, dcconv
 from mmdccnext.ops.common import subvectors
@@ -200,17 +201,6 @@ def _inputs_for_ort():
     return dict(plain=plain, duplicates=dup, integers=ints, nan=nan)
 
 
-def _all_nodes(graph):
-    """The nodes of an ONNX graph and of its subgraphs (If branches, Scan bodies)."""
-    nodes = []
-    for node in graph.node:
-        nodes.append(node)
-        for attr in node.attribute:
-            for sub in ([attr.g] if attr.HasField('g') else []) + list(attr.graphs):
-                nodes.extend(_all_nodes(sub))
-    return nodes
-
-
 @pytest.mark.parametrize('dynamo', [True, False])
 def test_onnx_runtime_identical_indices_and_outputs(tmp_path, dynamo):
     # dynamo: the screened clustering with an If for the exact fallback; the legacy
@@ -230,7 +220,7 @@ def test_onnx_runtime_identical_indices_and_outputs(tmp_path, dynamo):
             dynamo=dynamo,
             verbose=False,
             **({} if dynamo else dict(opset_version=17)))
-    nodes = _all_nodes(onnx.load(path).graph)
+    nodes = [n for g in all_graphs(onnx.load(path).graph) for n in g.node]
     ops = {n.op_type for n in nodes}
     if dynamo:  # the row blocks in a Scan, the fallback in an If
         assert {'MatMul', 'TopK', 'If', 'Scan', 'ReduceMin'} <= ops
