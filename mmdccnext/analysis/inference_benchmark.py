@@ -394,6 +394,9 @@ _OP_KINDS = {
     # backward (the training benchmark)
     'aten::gelu_backward': 'GELU', 'aten::native_layer_norm_backward': 'LayerNorm',
     'mmdccnext::aggregate_backward': 'DCConv aggregation',
+    # the Conv-FFN's convolution (mmdccnext/ops/depthwise.py): profiler ranges of their own
+    'mmdccnext::depthwise3x3_forward': 'depthwise conv 3x3',
+    'mmdccnext::depthwise3x3_backward': 'depthwise conv 3x3',
 }
 _CONV_OPS = ('aten::conv2d', 'aten::convolution', 'aten::_convolution',
              'aten::mkldnn_convolution', 'aten::convolution_backward')

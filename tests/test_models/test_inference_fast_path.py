@@ -10,6 +10,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from mmdccnext.models import DCCNeXt, optimize_for_inference
 from mmdccnext.models.backbones import dccnext, inference
+from mmdccnext.ops import cpu_impl, depthwise
 
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 DEMO_DETECTOR = osp.join(REPO, 'configs', 'detection', 'retinanet_dccnext-b0_fpn_synthetic.py')
@@ -89,14 +90,35 @@ def test_classification_outputs_and_odd_sizes(monkeypatch):
     _assert_equal(got, expected)
 
 
+def _conv_ffn_convolutions(model, monkeypatch, kernel):
+    """Profiler event counts of a fast-path pass, the extension's depthwise kernel allowed
+    (``kernel``) or not."""
+    with monkeypatch.context() as m:
+        if not kernel:
+            m.setattr(depthwise, 'applies', lambda x, weight: False)
+        with torch.no_grad():
+            return _profiled(lambda: model(_input()))
+
+
+@pytest.mark.skipif(not cpu_impl.ext_available(), reason='the C++ extension is not built')
+def test_the_extension_kernel_writes_every_conv_ffn_convolution_into_its_buffer(monkeypatch):
+    model = _model()
+    expected = _plain(model, _input(), monkeypatch)  # the module runs the same kernel
+    got, counts = _conv_ffn_convolutions(model, monkeypatch, kernel=True)
+    blocks = sum(len(s) for s in model.stages)
+    assert counts.get(depthwise.FORWARD_RANGE, 0) == blocks
+    assert counts.get('mkldnn::_convolution_pointwise_', 0) == 0
+    _assert_equal(got, expected)
+
+
 @pytest.mark.skipif(inference._inplace_conv_add() is None,
                     reason="this PyTorch build has no oneDNN in-place convolution")
-def test_the_onednn_in_place_convolution_runs_in_every_block():
+def test_without_the_kernel_the_onednn_in_place_convolution_runs_in_every_block(monkeypatch):
     model = _model()
-    with torch.no_grad():
-        _, counts = _profiled(lambda: model(_input()))
+    _, counts = _conv_ffn_convolutions(model, monkeypatch, kernel=False)
     blocks = sum(len(s) for s in model.stages)
     assert counts.get('mkldnn::_convolution_pointwise_', 0) == blocks
+    assert counts.get(depthwise.FORWARD_RANGE, 0) == 0
 
 
 def test_buffers_are_reused_within_a_pass(monkeypatch):

@@ -27,6 +27,7 @@ from torch.nn.modules.batchnorm import _NormBase
 
 from mmdccnext.ops import DCConv
 from mmdccnext.ops.dcconv import is_exporting
+from mmdccnext.ops.depthwise import DepthwiseConv2d
 from mmdccnext.registry import MODELS
 from . import compile_ops, training
 from .inference import PROFILER_RANGE, Workspace, fast_path_applies
@@ -73,8 +74,7 @@ class ConvFFN(BaseModule):
         super().__init__(init_cfg=init_cfg)
         hidden = int(round(channels * ffn_ratio))
         self.fc1 = nn.Linear(channels, hidden)
-        self.dwconv = nn.Conv2d(
-            hidden, hidden, dw_kernel_size, padding=dw_kernel_size // 2, groups=hidden)
+        self.dwconv = DepthwiseConv2d(hidden, dw_kernel_size)
         self.act = nn.GELU()
         self.fc2 = nn.Linear(hidden, channels)
 

@@ -11,8 +11,10 @@ that call and hands it to every block. The blocks then
 
 * write ``fc1``'s output and the depthwise convolution's output into two buffers of the
   workspace, which all blocks of the pass reuse,
-* compute the depthwise convolution with oneDNN's in-place ``out += conv(x)`` on the zeroed
-  buffer (``mkldnn::_convolution_pointwise_``, the kernel PyTorch's compiler uses for
+* write the depthwise convolution into its buffer with the kernel the module runs
+  (:class:`~mmdccnext.ops.depthwise.DepthwiseConv2d`: the C++ extension's), or, where the
+  module runs ``nn.Conv2d``'s forward, with oneDNN's in-place ``out += conv(x)`` on the
+  zeroed buffer (``mkldnn::_convolution_pointwise_``, the kernel PyTorch's compiler uses for
   convolution + addition) where this build of PyTorch has it, and GELU in place,
 * add both residuals in place (a block's input is then the previous layer's own output,
   never the caller's tensor).
@@ -27,7 +29,9 @@ import functools
 import torch
 from torch import nn
 
+from mmdccnext.ops import depthwise
 from mmdccnext.ops.dcconv import is_exporting
+from mmdccnext.ops.depthwise import DepthwiseConv2d
 
 #: The ``torch.profiler`` range :meth:`DCCNeXt.forward` records around a fast-path pass.
 PROFILER_RANGE = 'mmdccnext::DCCNeXt.inference_fast_path'
@@ -95,14 +99,17 @@ class Workspace:
 
     def dwconv_gelu(self, conv, act, x, key):
         """``act(conv(x))`` of channels-last ``(B, H, W, C)`` ``x`` (``conv`` depthwise),
-        channels-last out: oneDNN's in-place convolution on the zeroed buffer ``key``, then
-        GELU in place."""
+        channels-last out, in the buffer ``key`` (the module's kernel, else oneDNN's in-place
+        convolution on the zeroed buffer), then GELU in place."""
         out = self._depthwise_conv(conv, x, key)
         if isinstance(act, nn.GELU):
             return torch._C._nn.gelu_(out, approximate=act.approximate)
         return act(out)
 
     def _depthwise_conv(self, conv, x, key):
+        if isinstance(conv, DepthwiseConv2d) and conv.runs_kernel(x):  # the module's kernel
+            return depthwise.forward(x, conv.weight, conv.bias,
+                                     out=self.buffer(key, x, conv.out_channels))
         conv_add = _inplace_conv_add()
         if (conv_add is not None and torch.backends.mkldnn.enabled
                 and conv.padding_mode == 'zeros'):

@@ -19,8 +19,10 @@ node (:class:`ConvFFNFunction`) that
   buffer, and then overwrites that buffer with the gradient of GELU's output (``mm(..., out=)``)
   and with the gradient of its input (``gelu_backward`` in place).
 
-The same ATen kernels as plain autograd, called with the same operands: the gradients equal
-the plain modules' up to float rounding (``tests/test_models/test_training_node.py``). The
+The same kernels as plain autograd (ATen's, and the depthwise convolution's of
+:mod:`mmdccnext.ops.depthwise` as the module runs it), called with the same operands: the
+gradients equal the plain modules' up to float rounding
+(``tests/test_models/test_training_node.py``). The
 buffers belong to one forward pass (a :class:`Scratch` made by :meth:`DCCNeXt.forward` and
 held by that pass's nodes): models, threads and graphs never share them. Measured: see
 docs/en/benchmarks.md.
@@ -28,6 +30,7 @@ docs/en/benchmarks.md.
 import torch
 from torch import nn
 
+from mmdccnext.ops import depthwise
 from mmdccnext.ops.dcconv import is_exporting
 from .inference import hooked
 
@@ -78,6 +81,12 @@ def same_depthwise(conv, channels):
             and conv.padding_mode == 'zeros' and conv.bias is not None)
 
 
+def _runs_kernel(h1, wd):
+    """Whether the depthwise convolution (checked by :func:`same_depthwise`) of fc1's output
+    ``h1`` runs the extension's kernel, as :class:`DepthwiseConv2d` would."""
+    return wd.shape[-1] == 3 and depthwise.applies(h1, wd)
+
+
 def _conv_args(weight):
     k = weight.shape[-1]
     return [1, 1], [k // 2, k // 2], [1, 1], False, [0, 0], weight.shape[0]
@@ -91,19 +100,25 @@ def ffn_forward(x, w1, b1, wd, bd, w2, b2, approximate, gelu_buffer=None):
     when given, else into a new tensor."""
     B, H, W, C = x.shape
     h1 = aten.addmm(b1, x.view(-1, C), w1.t()).view(B, H, W, -1)
-    pre = aten.convolution(h1.permute(0, 3, 1, 2), wd, bd, *_conv_args(wd))
-    pre = pre.permute(0, 2, 3, 1)  # a view: oneDNN keeps the channels-last layout
+    if _runs_kernel(h1, wd):  # the kernel of the module (DepthwiseConv2d): the same bits
+        pre = depthwise.forward(h1, wd, bd)
+    else:
+        pre = aten.convolution(h1.permute(0, 3, 1, 2), wd, bd, *_conv_args(wd))
+        pre = pre.permute(0, 2, 3, 1)  # a view: oneDNN keeps the channels-last layout
     h3 = torch._C._nn.gelu(pre, approximate=approximate,
                            out=None if gelu_buffer is None else gelu_buffer(pre))
     out = aten.addmm(b2, h3.view(B * H * W, -1), w2.t()).view(B, H, W, C)
     return out, h1, pre
 
 
-def ffn_backward(grad, x, w1, h1, wd, pre, w2, approximate, hidden, need_grad_x=True):
+def ffn_backward(grad, x, w1, h1, wd, pre, w2, approximate, hidden, need_grad_x=True,
+                 grad_hidden=None):
     """The gradients ``(x, w1, b1, wd, bd, w2, b2)`` of :func:`ffn_forward` for the
     contiguous ``grad`` of its output, in the order and with the strides of eager's autograd
     graph (``grad x`` None unless ``need_grad_x``). ``hidden`` (a tensor shaped and strided as
-    ``pre``) holds GELU's output, recomputed, then the gradients of GELU's output and input."""
+    ``pre``) holds GELU's output, recomputed, then the gradients of GELU's output and input;
+    ``grad_hidden`` (the same, or None: a new tensor) the gradient of fc1's output, where the
+    convolution runs the extension's kernel."""
     B, H, W, C = x.shape
     g = grad.view(-1, C)
     h3 = torch._C._nn.gelu(pre, approximate=approximate, out=hidden)
@@ -112,10 +127,14 @@ def ffn_backward(grad, x, w1, h1, wd, pre, w2, approximate, hidden, need_grad_x=
     torch.mm(g, w2, out=hidden.view(B * H * W, -1))  # d out / d h3
     aten.gelu_backward.grad_input(
         hidden, pre, approximate=approximate, grad_input=hidden)  # d out / d pre
-    grad_h1, grad_wd, grad_bd = aten.convolution_backward(
-        hidden.permute(0, 3, 1, 2), h1.permute(0, 3, 1, 2), wd, [wd.shape[0]],
-        *_conv_args(wd), [True, True, True])
-    grad_h1 = grad_h1.permute(0, 2, 3, 1).reshape(B * H * W, -1)
+    if _runs_kernel(h1, wd):
+        grad_h1, grad_wd, grad_bd = depthwise.backward(hidden, h1, wd, grad_x_out=grad_hidden)
+        grad_h1 = grad_h1.view(B * H * W, -1)
+    else:
+        grad_h1, grad_wd, grad_bd = aten.convolution_backward(
+            hidden.permute(0, 3, 1, 2), h1.permute(0, 3, 1, 2), wd, [wd.shape[0]],
+            *_conv_args(wd), [True, True, True])
+        grad_h1 = grad_h1.permute(0, 2, 3, 1).reshape(B * H * W, -1)
     grad_x = aten.mm(grad_h1, w1).view(B, H, W, C) if need_grad_x else None
     grad_w1 = aten.mm(grad_h1.t(), x.view(-1, C))
     grad_b1 = aten.sum(grad_h1, [0], True).view(-1)
@@ -140,7 +159,8 @@ class ConvFFNFunction(torch.autograd.Function):
         x, w1, h1, wd, pre, w2 = ctx.saved_tensors
         hidden = ctx.scratch.buffer('backward', pre)
         grads = ffn_backward(grad.contiguous(), x, w1, h1, wd, pre, w2, ctx.approximate,
-                             hidden, need_grad_x=ctx.needs_input_grad[0])
+                             hidden, need_grad_x=ctx.needs_input_grad[0],
+                             grad_hidden=ctx.scratch.buffer('grad_hidden', pre))
         return tuple(g if need else None
                      for g, need in zip(grads, ctx.needs_input_grad)) + (None, None)
 

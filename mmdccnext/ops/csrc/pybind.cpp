@@ -13,6 +13,13 @@ at::Tensor aggregate_forward(const at::Tensor& x, const at::Tensor& idx, const a
 std::vector<at::Tensor> aggregate_backward(const at::Tensor& grad_out, const at::Tensor& x,
                                            const at::Tensor& idx, const at::Tensor& w,
                                            bool need_x, bool need_w, bool need_b);
+at::Tensor depthwise3x3_forward(const at::Tensor& x, const at::Tensor& w,
+                                const std::optional<at::Tensor>& bias,
+                                const std::optional<at::Tensor>& out);
+std::vector<at::Tensor> depthwise3x3_backward(const at::Tensor& grad, const at::Tensor& x,
+                                              const at::Tensor& w,
+                                              const std::optional<at::Tensor>& grad_x_out,
+                                              bool need_x, bool need_w, bool need_b);
 void set_dot_screen(bool on);
 bool get_dot_screen();
 std::string isa_name_str();
@@ -35,6 +42,16 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "deterministic gradients (grad_x, grad_weight, grad_bias); undefined when not needed",
         py::arg("grad_out"), py::arg("x"), py::arg("idx"), py::arg("weight"),
         py::arg("need_x"), py::arg("need_weight"), py::arg("need_bias"));
+  m.def("depthwise3x3_forward", &dcconv::depthwise3x3_forward,
+        "3x3 depthwise convolution (stride 1, zero padding 1) of a contiguous (B, H, W, C) "
+        "map with a (C, 1, 3, 3) weight; written into `out` when given",
+        py::arg("x"), py::arg("weight"), py::arg("bias") = py::none(),
+        py::arg("out") = py::none());
+  m.def("depthwise3x3_backward", &dcconv::depthwise3x3_backward,
+        "deterministic gradients (grad_x, grad_weight, grad_bias) of depthwise3x3_forward; "
+        "grad_x written into `grad_x_out` when given; undefined when not needed",
+        py::arg("grad"), py::arg("x"), py::arg("weight"), py::arg("grad_x_out") = py::none(),
+        py::arg("need_x") = true, py::arg("need_weight") = true, py::arg("need_bias") = true);
   m.def("_set_dot_screen", &dcconv::set_dot_screen,
         "use (True, default) or not the norm-expansion screen of the clustering kernel; the "
         "result does not depend on it (for tests)");

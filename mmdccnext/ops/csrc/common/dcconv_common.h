@@ -9,6 +9,9 @@
 //   cpu/cluster.cpp             op: cluster_forward
 //   cpu/aggregate_kernels.h     aggregation kernels (one copy per ISA)
 //   cpu/aggregate.cpp           op: aggregate_forward / aggregate_backward
+//   cpu/depthwise_kernels.h     3x3 depthwise convolution kernels (one copy per ISA)
+//   cpu/depthwise.cpp           op: depthwise3x3_forward / depthwise3x3_backward (the
+//                               Conv-FFN's convolution, not DCConv: same build, same ISAs)
 //   pybind.cpp                  the module mmdccnext._ext
 //
 // cluster_forward     sub-vector distances + running top-K per row, never an N x N buffer.
@@ -208,6 +211,44 @@ template <typename T>
 struct AggregateKernels {
   void (*rows)(const AggArgs<T>& a, int64_t r0, int64_t r1);
   void (*backward_block)(const BwdArgs<T>& a, int64_t b, int64_t c0, int64_t c1);
+};
+
+// ---------------------------------------------------------------------------------------
+// 3x3 depthwise convolution on channels-last maps (cpu/depthwise_kernels.h): stride 1, zero
+// padding 1, the Conv-FFN's. Taps outside the map are skipped (as oneDNN's float32 kernel
+// does). Every output element is one chain of separately rounded multiplies and adds in a
+// fixed order (no FMA, -ffp-contract=off): every ISA returns bit-identical results.
+//   out[b,y,x,c]  = bias[c] + sum over taps (i, j) in row-major order, inside the map, of
+//                   w[i,j,c] * in[b, y+i-1, x+j-1, c]
+//   grad_in       = the same kernel on the output gradient with the taps flipped, no bias
+//   grad_w[i,j,c] = sum over tasks (b, block of DW_GRAD_ROWS rows) in order of the sum over
+//                   the task's (y, x) in order of g[b,y,x,c] * in[b, y+i-1, x+j-1, c]
+//   grad_b[c]     = the same for g[b, y, x, c]
+// The tasks do not depend on the number of threads: the gradients are deterministic.
+// ---------------------------------------------------------------------------------------
+constexpr int64_t DW_GRAD_ROWS = 8;
+
+template <typename T>
+struct DwArgs {
+  const T* in;    // (B, H, W, C)
+  const T* w;     // (9, C) taps, (i, j) row-major
+  const T* bias;  // (C) or nullptr
+  T* out;         // (B, H, W, C), not overlapping `in`
+  int64_t H, W, C;
+};
+
+template <typename T>
+struct DwGradArgs {
+  const T* g;   // (B, H, W, C) gradient of the output
+  const T* in;  // (B, H, W, C) input of the convolution
+  T* partial;   // (tasks, 10, C): the 9 taps' and the bias's partial sums of each task
+  int64_t H, W, C;
+};
+
+template <typename T>
+struct DepthwiseKernels {
+  void (*rows)(const DwArgs<T>& a, int64_t r0, int64_t r1);  // rows r = b * H + y
+  void (*grad_weight)(const DwGradArgs<T>& a, int64_t b, int64_t y0, int64_t y1, T* partial);
 };
 
 }  // namespace dcconv

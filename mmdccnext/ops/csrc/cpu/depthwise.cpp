@@ -1,0 +1,183 @@
+// The Conv-FFN's 3x3 depthwise convolution on channels-last maps (depthwise3x3_forward,
+// depthwise3x3_backward). Not part of DCConv: it lives in this extension for its build and
+// its per-ISA dispatch. Why a kernel of our own: on the CPU, oneDNN's depthwise convolution
+// on (B, H, W, 6C) maps ran several times slower than the memory traffic it needs, and its
+// backward allocated the input gradient anew (page faults) - measured in
+// docs/en/benchmarks.md. The per-ISA kernels are in depthwise_kernels.h, the arithmetic in
+// common/dcconv_common.h.
+#include "../common/dcconv_common.h"  // first: every header before any target pragma
+
+#define DCCONV_KERNELS "../cpu/depthwise_kernels.h"
+#include "../common/isa_instantiate.h"
+
+namespace dcconv {
+namespace {
+
+DepthwiseKernels<float> depthwise_kernels_for(Isa isa, float*) {
+  switch (isa) {
+#if DCCONV_X86_ISAS
+    case Isa::avx512:
+      return {&avx512::depthwise_rows_f32, &avx512::depthwise_grad_weight_f32};
+    case Isa::avx2:
+      return {&avx2::depthwise_rows_f32, &avx2::depthwise_grad_weight_f32};
+#endif
+    default:
+      return {&generic::depthwise_rows_f32, &generic::depthwise_grad_weight_f32};
+  }
+}
+DepthwiseKernels<double> depthwise_kernels_for(Isa isa, double*) {
+  switch (isa) {
+#if DCCONV_X86_ISAS
+    case Isa::avx512:
+      return {&avx512::depthwise_rows_f64, &avx512::depthwise_grad_weight_f64};
+    case Isa::avx2:
+      return {&avx2::depthwise_rows_f64, &avx2::depthwise_grad_weight_f64};
+#endif
+    default:
+      return {&generic::depthwise_rows_f64, &generic::depthwise_grad_weight_f64};
+  }
+}
+
+template <typename T>
+DepthwiseKernels<T> selected() {
+  return depthwise_kernels_for(current_isa(), static_cast<T*>(nullptr));
+}
+
+template <typename T>
+void run_rows(const DwArgs<T>& a, int64_t rows) {
+  const auto kernel = selected<T>().rows;
+  const int nt = num_threads_for(rows, 9 * rows * a.W * a.C);
+#pragma omp parallel for schedule(dynamic, 1) num_threads(nt)
+  for (int64_t r = 0; r < rows; ++r) kernel(a, r, r + 1);
+}
+
+// Every task (image b, DW_GRAD_ROWS rows) writes its partial sums into a.partial.
+template <typename T>
+void run_grad_tasks(const DwGradArgs<T>& a, int64_t B) {
+  const auto kernel = selected<T>().grad_weight;
+  const int64_t per_image = (a.H + DW_GRAD_ROWS - 1) / DW_GRAD_ROWS;
+  const int64_t ntasks = B * per_image;
+  const int nt = num_threads_for(ntasks, 9 * B * a.H * a.W * a.C);
+#pragma omp parallel for schedule(dynamic, 1) num_threads(nt)
+  for (int64_t task = 0; task < ntasks; ++task) {
+    const int64_t b = task / per_image, y0 = (task % per_image) * DW_GRAD_ROWS;
+    kernel(a, b, y0, std::min(a.H, y0 + DW_GRAD_ROWS), a.partial + task * 10 * a.C);
+  }
+}
+
+// (9, C) taps from the (C, 1, 3, 3) weight; flipped (the input gradient's kernel) or not.
+at::Tensor taps(const at::Tensor& w, bool flip) {
+  at::Tensor t = w.reshape({w.size(0), 9});
+  if (flip) t = t.flip({1});
+  return t.t().contiguous();
+}
+
+bool overlap(const at::Tensor& a, const at::Tensor& b) {
+  const char* a0 = static_cast<const char*>(a.data_ptr());
+  const char* b0 = static_cast<const char*>(b.data_ptr());
+  return a0 < b0 + b.nbytes() && b0 < a0 + a.nbytes();
+}
+
+void check_map(const at::Tensor& t, const char* name) {
+  TORCH_CHECK(t.device().is_cpu() && t.dim() == 4 && t.is_contiguous(), "depthwise3x3: ",
+              name, " must be a contiguous (B, H, W, C) CPU tensor, got ", t.sizes(),
+              t.device().is_cpu() ? "" : " on another device");
+  TORCH_CHECK(t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble,
+              "depthwise3x3: ", name, " must be float32 or float64, got ", t.scalar_type());
+}
+
+void check_weight(const at::Tensor& x, const at::Tensor& w) {
+  TORCH_CHECK(w.device().is_cpu() && w.dim() == 4 && w.size(0) == x.size(3) &&
+                  w.size(1) == 1 && w.size(2) == 3 && w.size(3) == 3,
+              "depthwise3x3: weight must be a (C, 1, 3, 3) CPU tensor for C = ", x.size(3),
+              ", got ", w.sizes());
+  TORCH_CHECK(w.scalar_type() == x.scalar_type(), "depthwise3x3: weight dtype ",
+              w.scalar_type(), " differs from the map's ", x.scalar_type());
+  current_isa();  // a forced ISA this CPU cannot run raises here, before any work
+}
+
+// `out` if given (checked: shaped as x, not overlapping it), else a new tensor.
+at::Tensor output_for(const at::Tensor& x, const std::optional<at::Tensor>& out,
+                      const char* name) {
+  if (!out.has_value()) return at::empty_like(x);
+  check_map(*out, name);
+  TORCH_CHECK(out->sizes() == x.sizes() && out->scalar_type() == x.scalar_type(),
+              "depthwise3x3: ", name, " must be shaped and typed as the map, got ",
+              out->sizes(), " ", out->scalar_type());
+  TORCH_CHECK(!overlap(*out, x), "depthwise3x3: ", name, " must not overlap the map it reads");
+  return *out;
+}
+
+}  // namespace
+
+at::Tensor depthwise3x3_forward(const at::Tensor& x, const at::Tensor& w,
+                                const std::optional<at::Tensor>& bias,
+                                const std::optional<at::Tensor>& out) {
+  check_map(x, "x");
+  check_weight(x, w);
+  const int64_t C = x.size(3);
+  if (bias.has_value()) {
+    TORCH_CHECK(bias->device().is_cpu() && bias->dim() == 1 && bias->size(0) == C &&
+                    bias->scalar_type() == x.scalar_type(),
+                "depthwise3x3: bias must be a (C,) CPU tensor of the map's dtype, got ",
+                bias->sizes());
+  }
+  at::Tensor y = output_for(x, out, "out");
+  if (x.numel() == 0) return y;
+  const at::Tensor wt = taps(w, false);
+  const at::Tensor b = bias.has_value() ? bias->contiguous() : at::Tensor();
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "depthwise3x3_forward", [&] {
+    DwArgs<scalar_t> a{x.data_ptr<scalar_t>(), wt.data_ptr<scalar_t>(),
+                       b.defined() ? b.data_ptr<scalar_t>() : nullptr,
+                       y.data_ptr<scalar_t>(), x.size(1), x.size(2), C};
+    run_rows(a, x.size(0) * x.size(1));
+  });
+  return y;
+}
+
+std::vector<at::Tensor> depthwise3x3_backward(const at::Tensor& grad, const at::Tensor& x,
+                                              const at::Tensor& w,
+                                              const std::optional<at::Tensor>& grad_x_out,
+                                              bool need_x, bool need_w, bool need_b) {
+  check_map(x, "x");
+  check_map(grad, "grad");
+  check_weight(x, w);
+  TORCH_CHECK(grad.sizes() == x.sizes() && grad.scalar_type() == x.scalar_type(),
+              "depthwise3x3: grad must be shaped and typed as x, got ", grad.sizes());
+  const int64_t B = x.size(0), H = x.size(1), W = x.size(2), C = x.size(3);
+  at::Tensor gx = need_x ? output_for(grad, grad_x_out, "grad_x_out") : at::Tensor();
+  at::Tensor gw = need_w ? at::zeros_like(w) : at::Tensor();
+  at::Tensor gb = need_b ? at::zeros({C}, x.options()) : at::Tensor();
+  if (x.numel() == 0) return {gx, gw, gb};
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "depthwise3x3_backward", [&] {
+    if (need_x) {
+      const at::Tensor wt = taps(w, true);
+      DwArgs<scalar_t> a{grad.data_ptr<scalar_t>(), wt.data_ptr<scalar_t>(), nullptr,
+                         gx.data_ptr<scalar_t>(), H, W, C};
+      run_rows(a, B * H);
+    }
+    if (need_w || need_b) {
+      const int64_t per_image = (H + DW_GRAD_ROWS - 1) / DW_GRAD_ROWS;
+      const int64_t ntasks = B * per_image;
+      at::Tensor partial = at::empty({ntasks, 10, C}, x.options());
+      scalar_t* pp = partial.data_ptr<scalar_t>();
+      DwGradArgs<scalar_t> a{grad.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), pp, H, W, C};
+      run_grad_tasks(a, B);
+      // the tasks' partial sums, in task order
+      std::vector<scalar_t> sum(10 * C, scalar_t(0));
+      for (int64_t task = 0; task < ntasks; ++task) {
+        const scalar_t* src = pp + task * 10 * C;
+        for (int64_t e = 0; e < 10 * C; ++e) sum[e] = sum[e] + src[e];
+      }
+      if (need_w) {
+        scalar_t* dst = gw.data_ptr<scalar_t>();  // (C, 1, 3, 3)
+        for (int64_t c = 0; c < C; ++c)
+          for (int k = 0; k < 9; ++k) dst[c * 9 + k] = sum[k * C + c];
+      }
+      if (need_b) std::copy(sum.begin() + 9 * C, sum.end(), gb.data_ptr<scalar_t>());
+    }
+  });
+  return {gx, gw, gb};
+}
+
+}  // namespace dcconv

@@ -1,0 +1,114 @@
+"""The 3x3 depthwise convolution of DCCNeXt's Conv-FFN on channels-last CPU maps.
+
+Why. The Conv-FFN's hidden maps are rC wide (r = 6) and channels-last ``(B, H, W, rC)``; on
+them oneDNN's depthwise convolution ran slower than the memory traffic it needs, and its
+backward allocated the input gradient anew each time (page faults on the largest maps of the
+network). The extension's kernels (``csrc/cpu/depthwise.cpp``; compiled per ISA like
+DCConv's) read and write the maps in memory order, write into a caller's buffer when given
+one, and sum every output and gradient in a fixed order: deterministic, and bit-identical
+on every ISA (no FMA). Measured in docs/en/benchmarks.md.
+
+What runs them: :class:`DepthwiseConv2d`, the Conv-FFN's convolution module, where
+:meth:`DepthwiseConv2d.runs_kernel`, and with it every path of the Conv-FFN that does not
+call the module (the inference fast path's workspace, the training node, the op under
+``torch.compile``): all compute the same bits. Everywhere else (no extension, other devices
+or dtypes, exporting, tracing, compiling the module itself) ``nn.Conv2d``'s own forward runs.
+"""
+import contextlib
+
+import torch
+from torch import nn
+
+from . import cpu_impl
+from .dcconv import is_exporting
+
+#: Profiler ranges around the kernels (pybind calls are invisible to torch.profiler).
+FORWARD_RANGE = 'mmdccnext::depthwise3x3_forward'
+BACKWARD_RANGE = 'mmdccnext::depthwise3x3_backward'
+
+
+def _range(name):
+    return (torch.autograd.profiler.record_function(name)
+            if torch.autograd._profiler_enabled() else contextlib.nullcontext())
+
+
+def applies(x, weight):
+    """Whether the kernels compute the 3x3 depthwise convolution of the channels-last
+    ``(B, H, W, C)`` map ``x`` with ``weight`` ``(C, 1, 3, 3)`` (stride 1, zero padding 1;
+    the caller checks the module's configuration): the extension is built, float32 or float64
+    CPU tensors of one dtype, no autocast (it would run the convolution in another dtype)."""
+    return (x.device.type == 'cpu' and x.dim() == 4 and x.dtype in (torch.float32, torch.float64)
+            and weight.dtype == x.dtype and weight.shape == (x.shape[-1], 1, 3, 3)
+            and not torch.is_autocast_enabled('cpu') and cpu_impl.ext_available())
+
+
+def forward(x, weight, bias=None, out=None):
+    """The convolution of the contiguous ``(B, H, W, C)`` ``x``, into ``out`` when given (a
+    contiguous tensor shaped as ``x``, not overlapping it). No autograd."""
+    with _range(FORWARD_RANGE):
+        return cpu_impl.load_ext().depthwise3x3_forward(x, weight, bias, out)
+
+
+def backward(grad, x, weight, need_x=True, need_w=True, need_b=True, grad_x_out=None):
+    """``(grad_x, grad_weight, grad_bias)`` for the contiguous output gradient ``grad``;
+    ``None`` for those not needed; ``grad_x`` into ``grad_x_out`` when given."""
+    with _range(BACKWARD_RANGE):
+        grads = cpu_impl.load_ext().depthwise3x3_backward(grad, x, weight, grad_x_out, need_x,
+                                                          need_w, need_b)
+    return tuple(g if need else None for g, need in zip(grads, (need_x, need_w, need_b)))
+
+
+class Conv3x3Function(torch.autograd.Function):
+    """:func:`forward` with :func:`backward` as its gradient."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias):
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+        return forward(x, weight, bias)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        x, weight = ctx.saved_tensors
+        need_x, need_w, need_b = ctx.needs_input_grad
+        return backward(grad.contiguous(), x, weight, need_x, need_w, need_b and ctx.has_bias)
+
+
+def conv3x3(x, weight, bias=None):
+    """The convolution of channels-last ``x`` (any strides), differentiable."""
+    x = x.contiguous()
+    if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad or
+                                    (bias is not None and bias.requires_grad)):
+        return Conv3x3Function.apply(x, weight, bias)
+    return forward(x, weight, bias)
+
+
+class DepthwiseConv2d(nn.Conv2d):
+    """A same-size depthwise ``nn.Conv2d`` (same parameters, same state dict) that runs the
+    extension's 3x3 kernels on channels-last CPU maps (:meth:`runs_kernel`) and
+    ``nn.Conv2d``'s forward everywhere else.
+
+    Args:
+        channels (int): Input and output channels (one filter per channel).
+        kernel_size (int): Odd kernel size; the padding keeps the map's size.
+    """
+
+    def __init__(self, channels, kernel_size=3):
+        super().__init__(channels, channels, kernel_size, padding=kernel_size // 2, groups=channels)
+
+    def runs_kernel(self, x):
+        """Whether the kernels compute this convolution of the channels-last ``(B, H, W, C)``
+        map ``x``: a 3x3 configuration they implement, :func:`applies`, and neither compiling,
+        exporting, tracing nor scripting (they record the standard convolution)."""
+        return (self.kernel_size == (3, 3) and self.stride == (1, 1) and self.padding == (1, 1)
+                and self.dilation == (1, 1) and self.groups == self.in_channels == self.out_channels
+                and self.padding_mode == 'zeros' and applies(x, self.weight) and
+                not (torch.compiler.is_compiling() or is_exporting() or torch.jit.is_scripting()))
+
+    def forward(self, x):
+        if x.dim() == 4:
+            x_cl = x.permute(0, 2, 3, 1)
+            if x_cl.is_contiguous() and self.runs_kernel(x_cl):
+                return conv3x3(x_cl, self.weight, self.bias).permute(0, 3, 1, 2)
+        return super().forward(x)

@@ -1,0 +1,97 @@
+"""Benchmark the Conv-FFN's 3x3 depthwise convolution: the extension's kernels against the
+oneDNN calls DCCNeXt made before them, on DCCNeXt-B2's Conv-FFN maps.
+
+Three comparisons per map (channels-last ``(B, H, W, 6C)``, float32), each in one process,
+round robin (every repetition times both sides one after the other), medians and ratios:
+
+* ``forward into a buffer``: the inference fast path; ours writing into a reused buffer
+  against oneDNN's in-place ``out += conv(x)`` on the zeroed buffer.
+* ``forward, new output``: the training node's forward (its output is kept for the backward
+  pass); ours against ``aten.convolution``.
+* ``backward``: the training node's; ours writing the input gradient into a reused buffer
+  against ``aten.convolution_backward`` (input, weight and bias gradients).
+
+The kernels run the ISA the extension picks (``MMDCCNEXT_CPU_ISA`` forces one). Example::
+
+    python tools/analysis/benchmark_depthwise.py --threads 1 --repeat 7
+"""
+import argparse
+import os
+import statistics
+import time
+
+import torch
+
+from mmdccnext.deployment.benchmark import machine
+from mmdccnext.ops import cpu_impl, depthwise
+
+#: B2's Conv-FFN maps (B, H, W, 6C): a training batch of 224^2 images, one 1280x800 image
+SHAPES = {
+    'training 224² b16': [(16, 56, 56, 384), (16, 28, 28, 768), (16, 14, 14, 1920),
+                          (16, 7, 7, 3072)],
+    'inference 1280×800 b1': [(1, 200, 320, 384), (1, 100, 160, 768), (1, 50, 80, 1920),
+                              (1, 25, 40, 3072)],
+}
+
+
+def _conv_args(channels):
+    return [1, 1], [1, 1], [1, 1], False, [0, 0], channels
+
+
+def comparisons(shape):
+    """{name: (ours, oneDNN's)}: zero-argument callables on fresh random tensors."""
+    C = shape[-1]
+    gen = torch.Generator().manual_seed(0)
+    x, grad = torch.randn(*shape, generator=gen), torch.randn(*shape, generator=gen)
+    w, b = torch.randn(C, 1, 3, 3, generator=gen), torch.randn(C, generator=gen)
+    buf = torch.empty_like(x)
+    aten = torch.ops.aten
+    conv_add = torch.ops.mkldnn._convolution_pointwise_.binary
+    nchw = x.permute(0, 3, 1, 2)
+    return {
+        'forward into a buffer':
+        (lambda: depthwise.forward(x, w, b, out=buf),
+         lambda: conv_add(buf.zero_().permute(0, 3, 1, 2), nchw, w, b, [1, 1], [1, 1], [1, 1], C,
+                          'add', 1.0, None, [], None)),
+        'forward, new output':
+        (lambda: depthwise.forward(x, w, b), lambda: aten.convolution(nchw, w, b, *_conv_args(C))),
+        'backward':
+        (lambda: depthwise.backward(grad, x, w, grad_x_out=buf), lambda: aten.convolution_backward(
+            grad.permute(0, 3, 1, 2), nchw, w, [C], *_conv_args(C), [True, True, True])),
+    }
+
+
+def _timed(fn):
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser.add_argument('--threads', type=int, default=torch.get_num_threads())
+    parser.add_argument('--repeat', type=int, default=7, help='round-robin repetitions')
+    args = parser.parse_args(argv)
+    if args.threads < 1 or args.repeat < 1:
+        parser.error('--threads and --repeat must be >= 1')
+    if not cpu_impl.ext_available():
+        parser.error(f'the C++ extension is not built ({cpu_impl.ext_error()})')
+    torch.set_num_threads(args.threads)
+    print(f'{machine()}; {os.cpu_count()} CPUs, torch {torch.__version__}')
+    print('| setting | map (B, H, W, C) | operation | ours ms | oneDNN ms | oneDNN ÷ ours |')
+    print('|---|---|---|---|---|---|')
+    for setting, shapes in SHAPES.items():
+        for shape in shapes:
+            for name, (ours, theirs) in comparisons(shape).items():
+                ours(), theirs()  # warm-up
+                times = [(_timed(ours), _timed(theirs)) for _ in range(args.repeat)]
+                a = statistics.median(t[0] for t in times) * 1e3
+                b = statistics.median(t[1] for t in times) * 1e3
+                ratio = statistics.median(t[1] / t[0] for t in times)
+                print(
+                    f'| {setting} | {shape} | {name} | {a:.1f} | {b:.1f} | {ratio:.2f}× |',
+                    flush=True)
+
+
+if __name__ == '__main__':
+    main()
