@@ -42,6 +42,15 @@ def applies(x, weight):
             and not torch.is_autocast_enabled('cpu') and cpu_impl.ext_available())
 
 
+def same_size(conv):
+    """Whether the ``nn.Conv2d`` ``conv`` is a same-size depthwise convolution: one filter
+    per channel, odd square kernel, stride 1, zero padding k // 2, no dilation."""
+    k = conv.kernel_size[0]
+    return (conv.groups == conv.in_channels == conv.out_channels and conv.kernel_size == (k, k)
+            and k % 2 == 1 and conv.stride == (1, 1) and conv.dilation == (1, 1)
+            and conv.padding == (k // 2, k // 2) and conv.padding_mode == 'zeros')
+
+
 def forward(x, weight, bias=None, out=None):
     """The convolution of the contiguous ``(B, H, W, C)`` ``x``, into ``out`` when given (a
     contiguous tensor shaped as ``x``, not overlapping it). No autograd."""
@@ -99,11 +108,10 @@ class DepthwiseConv2d(nn.Conv2d):
 
     def runs_kernel(self, x):
         """Whether the kernels compute this convolution of the channels-last ``(B, H, W, C)``
-        map ``x``: a 3x3 configuration they implement, :func:`applies`, and neither compiling,
-        exporting, tracing nor scripting (they record the standard convolution)."""
-        return (self.kernel_size == (3, 3) and self.stride == (1, 1) and self.padding == (1, 1)
-                and self.dilation == (1, 1) and self.groups == self.in_channels == self.out_channels
-                and self.padding_mode == 'zeros' and applies(x, self.weight) and
+        map ``x``: :func:`same_size`, :func:`applies` (which takes only 3x3 weights), and
+        neither compiling, exporting, tracing nor scripting (they record the standard
+        convolution)."""
+        return (same_size(self) and applies(x, self.weight) and
                 not (torch.compiler.is_compiling() or is_exporting() or torch.jit.is_scripting()))
 
     def forward(self, x):

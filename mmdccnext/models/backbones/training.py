@@ -72,19 +72,10 @@ def node_applies(ffn, x):
 
 
 def same_depthwise(conv, channels):
-    """Whether ``conv`` is the same-size depthwise convolution (odd square kernel, stride 1,
-    zero padding k // 2, bias) over ``channels`` that :func:`ffn_forward` computes."""
-    k = conv.kernel_size[0]
-    return (conv.groups == conv.in_channels == conv.out_channels == channels
-            and conv.kernel_size == (k, k) and k % 2 == 1 and conv.stride == (1, 1)
-            and conv.dilation == (1, 1) and conv.padding == (k // 2, k // 2)
-            and conv.padding_mode == 'zeros' and conv.bias is not None)
-
-
-def _runs_kernel(h1, wd):
-    """Whether the depthwise convolution (checked by :func:`same_depthwise`) of fc1's output
-    ``h1`` runs the extension's kernel, as :class:`DepthwiseConv2d` would."""
-    return wd.shape[-1] == 3 and depthwise.applies(h1, wd)
+    """Whether ``conv`` is the same-size depthwise convolution (:func:`depthwise.same_size`)
+    with a bias over ``channels`` that :func:`ffn_forward` computes."""
+    return (conv.in_channels == channels and depthwise.same_size(conv)
+            and conv.bias is not None)
 
 
 def _conv_args(weight):
@@ -100,7 +91,8 @@ def ffn_forward(x, w1, b1, wd, bd, w2, b2, approximate, gelu_buffer=None):
     when given, else into a new tensor."""
     B, H, W, C = x.shape
     h1 = aten.addmm(b1, x.view(-1, C), w1.t()).view(B, H, W, -1)
-    if _runs_kernel(h1, wd):  # the kernel of the module (DepthwiseConv2d): the same bits
+    # the module's kernel where DepthwiseConv2d would run it (same_depthwise holds): the same bits
+    if depthwise.applies(h1, wd):
         pre = depthwise.forward(h1, wd, bd)
     else:
         pre = aten.convolution(h1.permute(0, 3, 1, 2), wd, bd, *_conv_args(wd))
@@ -127,7 +119,7 @@ def ffn_backward(grad, x, w1, h1, wd, pre, w2, approximate, hidden, need_grad_x=
     torch.mm(g, w2, out=hidden.view(B * H * W, -1))  # d out / d h3
     aten.gelu_backward.grad_input(
         hidden, pre, approximate=approximate, grad_input=hidden)  # d out / d pre
-    if _runs_kernel(h1, wd):
+    if depthwise.applies(h1, wd):
         grad_h1, grad_wd, grad_bd = depthwise.backward(hidden, h1, wd, grad_x_out=grad_hidden)
         grad_h1 = grad_h1.view(B * H * W, -1)
     else:

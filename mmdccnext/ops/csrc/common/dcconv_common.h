@@ -72,6 +72,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <limits>
+#include <memory>
 #include <mutex>
 #include <optional>
 #include <string>
@@ -241,13 +242,13 @@ template <typename T>
 struct DwGradArgs {
   const T* g;   // (B, H, W, C) gradient of the output
   const T* in;  // (B, H, W, C) input of the convolution
-  T* partial;   // (tasks, 10, C): the 9 taps' and the bias's partial sums of each task
   int64_t H, W, C;
 };
 
 template <typename T>
 struct DepthwiseKernels {
   void (*rows)(const DwArgs<T>& a, int64_t r0, int64_t r1);  // rows r = b * H + y
+  // partial sums of one task into partial (10, C): the 9 taps', then the bias's
   void (*grad_weight)(const DwGradArgs<T>& a, int64_t b, int64_t y0, int64_t y1, T* partial);
 };
 

@@ -51,18 +51,28 @@ void run_rows(const DwArgs<T>& a, int64_t rows) {
   for (int64_t r = 0; r < rows; ++r) kernel(a, r, r + 1);
 }
 
-// Every task (image b, DW_GRAD_ROWS rows) writes its partial sums into a.partial.
+// Sums of the weight and bias gradients, (10, C): taps then bias. Every task (image b,
+// DW_GRAD_ROWS rows) writes its partial sums, which are then added in task order.
 template <typename T>
-void run_grad_tasks(const DwGradArgs<T>& a, int64_t B) {
+std::vector<T> grad_weight_sums(const T* grad, const T* x, int64_t B, int64_t H, int64_t W,
+                                int64_t C) {
   const auto kernel = selected<T>().grad_weight;
-  const int64_t per_image = (a.H + DW_GRAD_ROWS - 1) / DW_GRAD_ROWS;
+  const int64_t per_image = (H + DW_GRAD_ROWS - 1) / DW_GRAD_ROWS;
   const int64_t ntasks = B * per_image;
-  const int nt = num_threads_for(ntasks, 9 * B * a.H * a.W * a.C);
+  std::unique_ptr<T[]> partial(new T[ntasks * 10 * C]);  // each task zeroes its own
+  const DwGradArgs<T> a{grad, x, H, W, C};
+  const int nt = num_threads_for(ntasks, 9 * B * H * W * C);
 #pragma omp parallel for schedule(dynamic, 1) num_threads(nt)
   for (int64_t task = 0; task < ntasks; ++task) {
     const int64_t b = task / per_image, y0 = (task % per_image) * DW_GRAD_ROWS;
-    kernel(a, b, y0, std::min(a.H, y0 + DW_GRAD_ROWS), a.partial + task * 10 * a.C);
+    kernel(a, b, y0, std::min(H, y0 + DW_GRAD_ROWS), partial.get() + task * 10 * C);
   }
+  std::vector<T> sum(10 * C, T(0));
+  for (int64_t task = 0; task < ntasks; ++task) {
+    const T* src = partial.get() + task * 10 * C;
+    for (int64_t e = 0; e < 10 * C; ++e) sum[e] = sum[e] + src[e];
+  }
+  return sum;
 }
 
 // (9, C) taps from the (C, 1, 3, 3) weight; flipped (the input gradient's kernel) or not.
@@ -157,18 +167,8 @@ std::vector<at::Tensor> depthwise3x3_backward(const at::Tensor& grad, const at::
       run_rows(a, B * H);
     }
     if (need_w || need_b) {
-      const int64_t per_image = (H + DW_GRAD_ROWS - 1) / DW_GRAD_ROWS;
-      const int64_t ntasks = B * per_image;
-      at::Tensor partial = at::empty({ntasks, 10, C}, x.options());
-      scalar_t* pp = partial.data_ptr<scalar_t>();
-      DwGradArgs<scalar_t> a{grad.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), pp, H, W, C};
-      run_grad_tasks(a, B);
-      // the tasks' partial sums, in task order
-      std::vector<scalar_t> sum(10 * C, scalar_t(0));
-      for (int64_t task = 0; task < ntasks; ++task) {
-        const scalar_t* src = pp + task * 10 * C;
-        for (int64_t e = 0; e < 10 * C; ++e) sum[e] = sum[e] + src[e];
-      }
+      const std::vector<scalar_t> sum = grad_weight_sums(
+          grad.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), B, H, W, C);
       if (need_w) {
         scalar_t* dst = gw.data_ptr<scalar_t>();  // (C, 1, 3, 3)
         for (int64_t c = 0; c < C; ++c)
