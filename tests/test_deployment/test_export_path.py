@@ -128,7 +128,8 @@ def test_row_blocks_bound_the_temporaries(monkeypatch):
     G, R = export_mod.COL_GROUP, export_mod.ROW_BLOCK
     # a static N: 24 equal blocks of 125 rows (no padding rows)
     assert len(shapes) == -(-3000 // R) == 24
-    assert all(s == (1, G, 125, 3000 // G + 2) for s in shapes)
+    # the block's rows against every group of G columns (whole groups, the last padding)
+    assert all(s == (1, 3000 // G + 2, 125, G) for s in shapes)
 
 
 @pytest.mark.parametrize('dtype', [torch.float32, torch.float64, torch.bfloat16])
