@@ -13,6 +13,14 @@ What runs them: :class:`DepthwiseConv2d`, the Conv-FFN's convolution module, whe
 call the module (the inference fast path's workspace, the training node, the op under
 ``torch.compile``): all compute the same bits. Everywhere else (no extension, other devices
 or dtypes, exporting, tracing, compiling the module itself) ``nn.Conv2d``'s own forward runs.
+
+The 7x7 depthwise mixers of stages 1-2 are :class:`DepthwiseConv2d` too, for their weight
+gradient only: oneDNN computes their forward and input gradient fast, but their weight
+gradient about 10x slower than both together (a B2 training step at 224^2 b16: 58 of the 70
+ms of a stage-1 mixer's backward, AMD EPYC Zen 4, 1 thread). Under autograd the module runs
+oneDNN's forward and input gradient and the extension's weight gradient
+(:func:`conv_backward`, deterministic like the 3x3 one); the op under ``torch.compile``
+(``compile_ops.conv_backward_op``) calls the same function.
 """
 import contextlib
 
@@ -25,6 +33,11 @@ from .dcconv import is_exporting
 #: Profiler ranges around the kernels (pybind calls are invisible to torch.profiler).
 FORWARD_RANGE = 'mmdccnext::depthwise3x3_forward'
 BACKWARD_RANGE = 'mmdccnext::depthwise3x3_backward'
+WEIGHT_GRAD_RANGE = 'mmdccnext::depthwise_weight_grad'
+#: Kernel sizes whose weight gradient alone the extension computes (:func:`conv_backward`).
+WEIGHT_GRAD_SIZES = (7, )
+
+aten = torch.ops.aten
 
 
 def _range(name):
@@ -67,6 +80,58 @@ def backward(grad, x, weight, need_x=True, need_w=True, need_b=True, grad_x_out=
     return tuple(g if need else None for g, need in zip(grads, (need_x, need_w, need_b)))
 
 
+def weight_grad_applies(x, weight):
+    """Whether :func:`conv_backward` computes the gradients of the same-size depthwise
+    convolution of the channels-last ``(B, H, W, C)`` map ``x`` with ``weight``
+    ``(C, 1, K, K)``, K in :data:`WEIGHT_GRAD_SIZES` (as :func:`applies` for 3x3)."""
+    k = weight.shape[-1]
+    return (k in WEIGHT_GRAD_SIZES and x.device.type == 'cpu' and x.dim() == 4
+            and x.dtype in (torch.float32, torch.float64) and weight.dtype == x.dtype
+            and weight.shape == (x.shape[-1], 1, k, k) and not torch.is_autocast_enabled('cpu')
+            and cpu_impl.ext_available())
+
+
+def conv_backward(grad, x, weight, need_x=True, need_w=True, need_b=True):
+    """``(grad_x, grad_weight, grad_bias)`` (``None`` where not needed) of the same-size
+    depthwise convolution (stride 1, zero padding K // 2) of the contiguous channels-last
+    ``x`` for the contiguous output gradient ``grad``, both ``(B, H, W, C)``: the input's
+    by oneDNN, as ``nn.Conv2d``'s backward computes it, the weight's and bias's by the
+    extension (:func:`weight_grad_applies`). ``grad_x`` is channels-last ``(B, H, W, C)``."""
+    k, C = weight.shape[-1], x.shape[-1]
+    grad_x = grad_w = grad_b = None
+    if need_x:
+        grad_x = aten.convolution_backward(grad.permute(0, 3, 1, 2), x.permute(0, 3, 1, 2),
+                                           weight, None, [1, 1], [k // 2, k // 2], [1, 1],
+                                           False, [0, 0], C, [True, False, False])[0]
+        grad_x = grad_x.permute(0, 2, 3, 1)
+    if need_w or need_b:
+        with _range(WEIGHT_GRAD_RANGE):
+            grad_w, grad_b = cpu_impl.load_ext().depthwise_weight_grad(grad, x, k, need_b)
+    return grad_x, grad_w if need_w else None, grad_b if need_b else None
+
+
+class WeightGradFunction(torch.autograd.Function):
+    """oneDNN's convolution (as ``nn.Conv2d``) of channels-last ``x`` with
+    :func:`conv_backward` as its gradient."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias):
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+        k = weight.shape[-1]
+        out = aten.convolution(x.permute(0, 3, 1, 2), weight, bias, [1, 1], [k // 2, k // 2],
+                               [1, 1], False, [0, 0], x.shape[-1])
+        return out.permute(0, 2, 3, 1)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        x, weight = ctx.saved_tensors
+        need_x, need_w, need_b = ctx.needs_input_grad
+        return conv_backward(grad.contiguous(), x, weight, need_x, need_w,
+                             need_b and ctx.has_bias)
+
+
 class Conv3x3Function(torch.autograd.Function):
     """:func:`forward` with :func:`backward` as its gradient."""
 
@@ -95,7 +160,8 @@ def conv3x3(x, weight, bias=None):
 
 class DepthwiseConv2d(nn.Conv2d):
     """A same-size depthwise ``nn.Conv2d`` (same parameters, same state dict) that runs the
-    extension's 3x3 kernels on channels-last CPU maps (:meth:`runs_kernel`) and
+    extension's 3x3 kernels on channels-last CPU maps (:meth:`runs_kernel`), the extension's
+    weight gradient of a 7x7 one under autograd (:meth:`runs_weight_grad`), and
     ``nn.Conv2d``'s forward everywhere else.
 
     Args:
@@ -111,12 +177,26 @@ class DepthwiseConv2d(nn.Conv2d):
         map ``x``: :func:`same_size`, :func:`applies` (which takes only 3x3 weights), and
         neither compiling, exporting, tracing nor scripting (they record the standard
         convolution)."""
-        return (same_size(self) and applies(x, self.weight) and
-                not (torch.compiler.is_compiling() or is_exporting() or torch.jit.is_scripting()))
+        return (same_size(self) and applies(x, self.weight) and not _recording())
+
+    def runs_weight_grad(self, x):
+        """Whether this convolution of the channels-last ``x`` runs as
+        :class:`WeightGradFunction`: its weight needs a gradient, :func:`same_size`,
+        :func:`weight_grad_applies`, and nothing records the graph (as :meth:`runs_kernel`).
+        Its output is ``nn.Conv2d``'s, bit for bit."""
+        return (torch.is_grad_enabled() and self.weight.requires_grad and same_size(self)
+                and weight_grad_applies(x, self.weight) and not _recording())
 
     def forward(self, x):
         if x.dim() == 4:
             x_cl = x.permute(0, 2, 3, 1)
             if x_cl.is_contiguous() and self.runs_kernel(x_cl):
                 return conv3x3(x_cl, self.weight, self.bias).permute(0, 3, 1, 2)
+            if x_cl.is_contiguous() and self.runs_weight_grad(x_cl):
+                return WeightGradFunction.apply(x_cl, self.weight, self.bias).permute(0, 3, 1, 2)
         return super().forward(x)
+
+
+def _recording():
+    """Compiling, exporting, tracing or scripting: they record the standard convolution."""
+    return (torch.compiler.is_compiling() or is_exporting() or torch.jit.is_scripting())

@@ -7,6 +7,7 @@ from torch import nn
 
 from mmdccnext.models.backbones import DCCNeXt, compile_ops
 from mmdccnext.models.backbones.dccnext import ConvFFN, _conv_cl
+from mmdccnext.ops.depthwise import DepthwiseConv2d
 
 
 def randn(*shape, seed=0):
@@ -34,7 +35,7 @@ def test_the_conv_ffn_op_is_the_module_to_the_bit(approximate):
 
 
 @pytest.mark.parametrize('conv,size', [
-    (nn.Conv2d(10, 10, 7, padding=3, groups=10), (2, 9, 6, 10)),  # the mixer
+    (DepthwiseConv2d(10, 7), (2, 9, 6, 10)),  # the mixer: the extension's weight gradient
     (nn.Conv2d(10, 16, 3, stride=2, padding=1), (2, 9, 6, 10)),  # downsampling
     (nn.Conv2d(3, 16, 7, stride=4, padding=2), (1, 23, 17, 3)),  # the stem
     (nn.Conv2d(4, 6, 3, padding=1, bias=False), (2, 5, 5, 4)),

@@ -182,3 +182,85 @@ def test_the_module_runs_nn_conv2d_where_the_kernel_does_not_apply(monkeypatch):
         big = DepthwiseConv2d(8, 5)
         assert big(x_cl).shape == x_cl.shape
     assert calls == []
+
+
+# ---------------------------------------------------------------------------------------
+# The 7x7 mixers: oneDNN's forward and input gradient, the extension's weight gradient
+# ---------------------------------------------------------------------------------------
+def weight_grad(g, x, k=7):
+    return depthwise.conv_backward(g, x, randn(x.shape[-1], 1, k, k), need_x=False)[1:]
+
+
+@pytest.mark.parametrize('shape', SHAPES + [(2, 4, 12, 5)], ids=str)
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float64])
+def test_7x7_weight_gradient_matches_the_float64_convolution(shape, dtype, cpu_isa):
+    B, H, W, C = shape
+    x, g = randn(*shape, seed=4, dtype=dtype), randn(*shape, seed=5, dtype=dtype)
+    w, b = randn(C, 1, 7, 7, dtype=dtype), randn(C, dtype=dtype)
+    gw, gb = weight_grad(g, x)
+
+    def grads(x, w, b, g):
+        leaves = [t.double().requires_grad_() for t in (x, w, b)]
+        out = F.conv2d(leaves[0].permute(0, 3, 1, 2), leaves[1], leaves[2], 1, 3, 1, C)
+        return torch.autograd.grad(out.permute(0, 2, 3, 1), leaves[1:], g.double())
+
+    rw, rb = grads(x, w, b, g)
+    abs_w, abs_b = grads(x.abs(), w.abs(), b.abs(), g.abs())
+    n = B * H * W + 10  # the longest chain: a task's positions, plus the task sums
+    eps = torch.finfo(dtype).eps
+    assert gw.dtype == dtype and gw.shape == w.shape
+    torch.testing.assert_close(gw.double(), rw, rtol=0, atol=float(n * eps * abs_w.max()))
+    torch.testing.assert_close(gb.double(), rb, rtol=0, atol=float(n * eps * abs_b.max()))
+
+
+def test_7x7_weight_gradient_same_bits_on_every_isa_and_thread_count():
+    x, g = randn(3, 19, 13, 37, seed=6), randn(3, 19, 13, 37, seed=7)
+    results = []
+    for isa in [isa for isa in ISAS if isa_skip_reason(isa) is None]:
+        with forced_isa(isa):
+            results.append(weight_grad(g, x))
+    threads = torch.get_num_threads()
+    try:
+        for n in (1, 3):
+            torch.set_num_threads(n)
+            results.append(weight_grad(g, x))
+    finally:
+        torch.set_num_threads(threads)
+    for other in results[1:]:
+        for a, e in zip(other, results[0]):
+            assert torch.equal(a, e)
+
+
+def test_weight_gradient_of_another_size_is_a_clear_error():
+    x = randn(1, 4, 4, 8)
+    with pytest.raises(RuntimeError, match='kernel_size must be 3 or 7'):
+        cpu_impl.load_ext().depthwise_weight_grad(x, x, 5)
+
+
+def test_the_7x7_module_is_nn_conv2d_with_the_extensions_weight_gradient(monkeypatch):
+    torch.manual_seed(3)
+    module = DepthwiseConv2d(24, 7)
+    conv = torch.nn.Conv2d(24, 24, 7, padding=3, groups=24)
+    conv.load_state_dict(module.state_dict())
+    x = randn(2, 24, 9, 11).contiguous(memory_format=torch.channels_last)
+    assert module.runs_weight_grad(x.permute(0, 2, 3, 1))
+    results = []
+    for m in (module, conv):
+        xg = x.clone().requires_grad_()
+        out = m(xg)
+        results.append((out, *torch.autograd.grad(out, [xg, m.weight, m.bias], randn(*out.shape))))
+    (out, gx, gw, gb), (out_ref, gx_ref, gw_ref, gb_ref) = results
+    # the output and the input gradient are oneDNN's own, the weight gradient sums in
+    # another order
+    assert torch.equal(out, out_ref) and torch.equal(gx, gx_ref)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(gw, gw_ref)
+    torch.testing.assert_close(gb, gb_ref)
+    # nn.Conv2d's forward without autograd, or with a frozen weight
+    calls = []
+    monkeypatch.setattr(depthwise.WeightGradFunction, 'apply', lambda *a: calls.append(1))
+    with torch.no_grad():
+        assert torch.equal(module(x), out_ref)
+    module.requires_grad_(False)
+    assert torch.equal(module(x.clone().requires_grad_()), out_ref)
+    assert calls == []

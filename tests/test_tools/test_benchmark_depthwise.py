@@ -38,12 +38,21 @@ def test_both_sides_compute_the_same_convolution():
             torch.testing.assert_close(a, b.permute(0, 2, 3, 1))
 
 
+def test_both_sides_compute_the_same_mixer_gradients():
+    (ours, theirs), = _tool().mixer_comparisons((2, 9, 5, 24)).values()
+    a, b = ours(), theirs()
+    assert torch.equal(a[0], b[0].permute(0, 2, 3, 1))  # both oneDNN's input gradient
+    for x, y in zip(a[1:], b[1:]):
+        torch.testing.assert_close(x, y)
+
+
 def test_table(monkeypatch, capsys):
     tool = _tool()
     monkeypatch.setattr(tool, 'SHAPES', {'tiny': [(1, 4, 5, 16), (2, 3, 3, 8)]})
+    monkeypatch.setattr(tool, 'MIXER_SHAPES', {'tiny': [(1, 8, 9, 8)]})
     tool.main(['--threads', '1', '--repeat', '2'])
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith('| tiny')]
-    assert len(rows) == 2 * 3
+    assert len(rows) == 2 * 3 + 1
     assert all(line.rstrip().endswith('× |') for line in rows)
     with pytest.raises(SystemExit):
         tool.main(['--repeat', '0'])

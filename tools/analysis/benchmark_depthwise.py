@@ -11,6 +11,10 @@ round robin (every repetition times both sides one after the other), medians and
 * ``backward``: the training node's; ours writing the input gradient into a reused buffer
   against ``aten.convolution_backward`` (input, weight and bias gradients).
 
+And the backward of the 7x7 depthwise mixers of stages 1-2 (channels-last ``(B, H, W, C)``):
+``depthwise.conv_backward`` (oneDNN's input gradient, the extension's weight and bias
+gradients) against ``aten.convolution_backward``.
+
 The kernels run the ISA the extension picks (``MMDCCNEXT_CPU_ISA`` forces one). Example::
 
     python tools/analysis/benchmark_depthwise.py --threads 1 --repeat 7
@@ -33,17 +37,26 @@ SHAPES = {
                               (1, 25, 40, 3072)],
 }
 
+#: B2's 7x7 mixer maps (B, H, W, C), stages 1-2 of a training batch of 224^2 images
+MIXER_SHAPES = {'training 224² b16': [(16, 56, 56, 64), (16, 28, 28, 128)]}
 
-def _conv_args(channels):
-    return [1, 1], [1, 1], [1, 1], False, [0, 0], channels
+
+def _conv_args(channels, kernel_size=3):
+    return [1, 1], [kernel_size // 2] * 2, [1, 1], False, [0, 0], channels
+
+
+def _random(shape, kernel_size):
+    C = shape[-1]
+    gen = torch.Generator().manual_seed(0)
+    return (torch.randn(*shape, generator=gen), torch.randn(*shape, generator=gen),
+            torch.randn(C, 1, kernel_size, kernel_size, generator=gen))
 
 
 def comparisons(shape):
     """{name: (ours, oneDNN's)}: zero-argument callables on fresh random tensors."""
     C = shape[-1]
-    gen = torch.Generator().manual_seed(0)
-    x, grad = torch.randn(*shape, generator=gen), torch.randn(*shape, generator=gen)
-    w, b = torch.randn(C, 1, 3, 3, generator=gen), torch.randn(C, generator=gen)
+    x, grad, w = _random(shape, 3)
+    b = torch.randn(C, generator=torch.Generator().manual_seed(1))
     buf = torch.empty_like(x)
     aten = torch.ops.aten
     conv_add = torch.ops.mkldnn._convolution_pointwise_.binary
@@ -58,6 +71,18 @@ def comparisons(shape):
         'backward':
         (lambda: depthwise.backward(grad, x, w, grad_x_out=buf), lambda: aten.convolution_backward(
             grad.permute(0, 3, 1, 2), nchw, w, [C], *_conv_args(C), [True, True, True])),
+    }
+
+
+def mixer_comparisons(shape):
+    """{name: (ours, oneDNN's)} for the 7x7 mixer on ``shape``, as :func:`comparisons`."""
+    C = shape[-1]
+    x, grad, w = _random(shape, 7)
+    return {
+        'backward, 7×7 mixer': (lambda: depthwise.conv_backward(grad, x, w),
+                                lambda: torch.ops.aten.convolution_backward(
+                                    grad.permute(0, 3, 1, 2), x.permute(0, 3, 1, 2), w, [C],
+                                    *_conv_args(C, 7), [True, True, True])),
     }
 
 
@@ -80,17 +105,20 @@ def main(argv=None):
     print(f'{machine()}; {os.cpu_count()} CPUs, torch {torch.__version__}')
     print('| setting | map (B, H, W, C) | operation | ours ms | oneDNN ms | oneDNN ÷ ours |')
     print('|---|---|---|---|---|---|')
-    for setting, shapes in SHAPES.items():
-        for shape in shapes:
-            for name, (ours, theirs) in comparisons(shape).items():
-                ours(), theirs()  # warm-up
-                times = [(_timed(ours), _timed(theirs)) for _ in range(args.repeat)]
-                a = statistics.median(t[0] for t in times) * 1e3
-                b = statistics.median(t[1] for t in times) * 1e3
-                ratio = statistics.median(t[1] / t[0] for t in times)
-                print(
-                    f'| {setting} | {shape} | {name} | {a:.1f} | {b:.1f} | {ratio:.2f}× |',
-                    flush=True)
+    cases = [(setting, shape, comparisons) for setting, shapes in SHAPES.items()
+             for shape in shapes]
+    cases += [(setting, shape, mixer_comparisons) for setting, shapes in MIXER_SHAPES.items()
+              for shape in shapes]
+    for setting, shape, calls in cases:
+        for name, (ours, theirs) in calls(shape).items():
+            ours(), theirs()  # warm-up
+            times = [(_timed(ours), _timed(theirs)) for _ in range(args.repeat)]
+            a = statistics.median(t[0] for t in times) * 1e3
+            b = statistics.median(t[1] for t in times) * 1e3
+            ratio = statistics.median(t[1] / t[0] for t in times)
+            print(
+                f'| {setting} | {shape} | {name} | {a:.1f} | {b:.1f} | {ratio:.2f}× |',
+                flush=True)
 
 
 if __name__ == '__main__':

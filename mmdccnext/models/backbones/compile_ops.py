@@ -36,6 +36,7 @@ import torch
 from torch import nn
 from torch.library import custom_op
 
+from mmdccnext.ops import depthwise
 from mmdccnext.ops.dcconv import is_exporting
 from .inference import PROFILER_RANGE, hooked
 from .training import ffn_backward, ffn_forward, same_depthwise
@@ -142,6 +143,13 @@ def _(x, weight, bias, stride, padding, groups):
 def conv_backward_op(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
                      stride: list[int], padding: list[int], groups: int, need_bias: bool
                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    k = weight.shape[-1]
+    if (groups == x.shape[-1] and stride == [1, 1] and padding == [k // 2, k // 2]
+            and depthwise.weight_grad_applies(x, weight)):
+        # eager's DepthwiseConv2d (the 7x7 mixers): the extension's weight gradient
+        grad_x, grad_w, grad_b = depthwise.conv_backward(grad, x, weight, need_b=need_bias)
+        return (grad_x.contiguous(), grad_w,
+                grad_b if need_bias else weight.new_empty(0))
     grad_x, grad_w, grad_b = aten.convolution_backward(
         grad.permute(0, 3, 1, 2), x.permute(0, 3, 1, 2), weight,
         [weight.shape[0]] if need_bias else None, stride, padding, [1, 1], False, [0, 0],

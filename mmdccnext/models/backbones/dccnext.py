@@ -154,9 +154,8 @@ class DCCNeXtBlock(BaseModule):
                 subvector_stride=subvector_stride,
                 bias=True,
                 impl=dcconv_impl)
-        else:
-            self.mixer = nn.Conv2d(
-                channels, channels, dw_kernel_size, padding=dw_kernel_size // 2, groups=channels)
+        else:  # an nn.Conv2d whose weight gradient the extension computes (7x7)
+            self.mixer = DepthwiseConv2d(channels, dw_kernel_size)
         self.norm2 = _layer_norm(channels, norm_cfg)
         self.ffn = ConvFFN(channels, ffn_ratio)
         if layer_scale_init_value > 0:

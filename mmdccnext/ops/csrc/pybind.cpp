@@ -20,6 +20,8 @@ std::vector<at::Tensor> depthwise3x3_backward(const at::Tensor& grad, const at::
                                               const at::Tensor& w,
                                               const std::optional<at::Tensor>& grad_x_out,
                                               bool need_x, bool need_w, bool need_b);
+std::vector<at::Tensor> depthwise_weight_grad(const at::Tensor& grad, const at::Tensor& x,
+                                              int64_t kernel_size, bool need_b);
 void set_dot_screen(bool on);
 bool get_dot_screen();
 std::string isa_name_str();
@@ -52,6 +54,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "grad_x written into `grad_x_out` when given; undefined when not needed",
         py::arg("grad"), py::arg("x"), py::arg("weight"), py::arg("grad_x_out") = py::none(),
         py::arg("need_x") = true, py::arg("need_weight") = true, py::arg("need_bias") = true);
+  m.def("depthwise_weight_grad", &dcconv::depthwise_weight_grad,
+        "deterministic (grad_weight (C, 1, K, K), grad_bias or undefined) of a same-size "
+        "K x K depthwise convolution (K = 3 or 7) of a contiguous (B, H, W, C) map",
+        py::arg("grad"), py::arg("x"), py::arg("kernel_size"), py::arg("need_bias") = true);
   m.def("_set_dot_screen", &dcconv::set_dot_screen,
         "use (True, default) or not the norm-expansion screen of the clustering kernel; the "
         "result does not depend on it (for tests)");

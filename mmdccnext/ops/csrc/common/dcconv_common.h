@@ -223,9 +223,12 @@ struct AggregateKernels {
 //                   w[i,j,c] * in[b, y+i-1, x+j-1, c]
 //   grad_in       = the same kernel on the output gradient with the taps flipped, no bias
 //   grad_w[i,j,c] = sum over tasks (b, block of DW_GRAD_ROWS rows) in order of the sum over
-//                   the task's (y, x) in order of g[b,y,x,c] * in[b, y+i-1, x+j-1, c]
+//                   the task's (y, x) in order of g[b,y,x,c] * in[b, y+i-r, x+j-r, c]
 //   grad_b[c]     = the same for g[b, y, x, c]
-// The tasks do not depend on the number of threads: the gradients are deterministic.
+// The tasks do not depend on the number of threads: the gradients are deterministic. The
+// weight gradient exists for K x K kernels, K in {3, 7} (r = K / 2, padding r): the
+// 7 x 7 one is the depthwise mixer's of stages 1-2, whose forward and input gradient
+// oneDNN computes fast, its weight gradient not (depthwise.py says how slow).
 // ---------------------------------------------------------------------------------------
 constexpr int64_t DW_GRAD_ROWS = 8;
 
@@ -243,12 +246,13 @@ struct DwGradArgs {
   const T* g;   // (B, H, W, C) gradient of the output
   const T* in;  // (B, H, W, C) input of the convolution
   int64_t H, W, C;
+  int K;  // kernel size: 3 or 7
 };
 
 template <typename T>
 struct DepthwiseKernels {
   void (*rows)(const DwArgs<T>& a, int64_t r0, int64_t r1);  // rows r = b * H + y
-  // partial sums of one task into partial (10, C): the 9 taps', then the bias's
+  // partial sums of one task into partial (K * K + 1, C): the taps', then the bias's
   void (*grad_weight)(const DwGradArgs<T>& a, int64_t b, int64_t y0, int64_t y1, T* partial);
 };
 

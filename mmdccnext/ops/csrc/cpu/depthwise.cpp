@@ -1,5 +1,6 @@
 // The Conv-FFN's 3x3 depthwise convolution on channels-last maps (depthwise3x3_forward,
-// depthwise3x3_backward). Not part of DCConv: it lives in this extension for its build and
+// depthwise3x3_backward), and the weight gradient alone of the 7x7 depthwise mixers
+// (depthwise_weight_grad: oneDNN's was about 7x slower, its forward and input gradient not). Not part of DCConv: it lives in this extension for its build and
 // its per-ISA dispatch. Why a kernel of our own: on the CPU, oneDNN's depthwise convolution
 // on (B, H, W, 6C) maps ran several times slower than the memory traffic it needs, and its
 // backward allocated the input gradient anew (page faults) - measured in
@@ -51,28 +52,42 @@ void run_rows(const DwArgs<T>& a, int64_t rows) {
   for (int64_t r = 0; r < rows; ++r) kernel(a, r, r + 1);
 }
 
-// Sums of the weight and bias gradients, (10, C): taps then bias. Every task (image b,
-// DW_GRAD_ROWS rows) writes its partial sums, which are then added in task order.
+// Sums of the weight and bias gradients of a K x K kernel, (K * K + 1, C): taps then bias.
+// Every task (image b, DW_GRAD_ROWS rows) writes its partial sums, which are then added in
+// task order.
 template <typename T>
 std::vector<T> grad_weight_sums(const T* grad, const T* x, int64_t B, int64_t H, int64_t W,
-                                int64_t C) {
+                                int64_t C, int K) {
   const auto kernel = selected<T>().grad_weight;
   const int64_t per_image = (H + DW_GRAD_ROWS - 1) / DW_GRAD_ROWS;
   const int64_t ntasks = B * per_image;
-  std::unique_ptr<T[]> partial(new T[ntasks * 10 * C]);  // each task zeroes its own
-  const DwGradArgs<T> a{grad, x, H, W, C};
-  const int nt = num_threads_for(ntasks, 9 * B * H * W * C);
+  const int64_t width = (K * K + 1) * C;
+  std::unique_ptr<T[]> partial(new T[ntasks * width]);  // each task zeroes its own
+  const DwGradArgs<T> a{grad, x, H, W, C, K};
+  const int nt = num_threads_for(ntasks, K * K * B * H * W * C);
 #pragma omp parallel for schedule(dynamic, 1) num_threads(nt)
   for (int64_t task = 0; task < ntasks; ++task) {
     const int64_t b = task / per_image, y0 = (task % per_image) * DW_GRAD_ROWS;
-    kernel(a, b, y0, std::min(H, y0 + DW_GRAD_ROWS), partial.get() + task * 10 * C);
+    kernel(a, b, y0, std::min(H, y0 + DW_GRAD_ROWS), partial.get() + task * width);
   }
-  std::vector<T> sum(10 * C, T(0));
+  std::vector<T> sum(width, T(0));
   for (int64_t task = 0; task < ntasks; ++task) {
-    const T* src = partial.get() + task * 10 * C;
-    for (int64_t e = 0; e < 10 * C; ++e) sum[e] = sum[e] + src[e];
+    const T* src = partial.get() + task * width;
+    for (int64_t e = 0; e < width; ++e) sum[e] = sum[e] + src[e];
   }
   return sum;
+}
+
+// The (C, 1, K, K) weight gradient and the (C,) bias gradient from the sums above.
+template <typename T>
+void unpack_grad_sums(const std::vector<T>& sum, int64_t C, int K, at::Tensor& gw,
+                      at::Tensor& gb) {
+  if (gw.defined()) {
+    T* dst = gw.data_ptr<T>();
+    for (int64_t c = 0; c < C; ++c)
+      for (int k = 0; k < K * K; ++k) dst[c * K * K + k] = sum[k * C + c];
+  }
+  if (gb.defined()) std::copy(sum.begin() + K * K * C, sum.end(), gb.data_ptr<T>());
 }
 
 // (9, C) taps from the (C, 1, 3, 3) weight; flipped (the input gradient's kernel) or not.
@@ -89,19 +104,19 @@ bool overlap(const at::Tensor& a, const at::Tensor& b) {
 }
 
 void check_map(const at::Tensor& t, const char* name) {
-  TORCH_CHECK(t.device().is_cpu() && t.dim() == 4 && t.is_contiguous(), "depthwise3x3: ",
+  TORCH_CHECK(t.device().is_cpu() && t.dim() == 4 && t.is_contiguous(), "depthwise: ",
               name, " must be a contiguous (B, H, W, C) CPU tensor, got ", t.sizes(),
               t.device().is_cpu() ? "" : " on another device");
   TORCH_CHECK(t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble,
-              "depthwise3x3: ", name, " must be float32 or float64, got ", t.scalar_type());
+              "depthwise: ", name, " must be float32 or float64, got ", t.scalar_type());
 }
 
-void check_weight(const at::Tensor& x, const at::Tensor& w) {
+void check_weight(const at::Tensor& x, const at::Tensor& w, int64_t K = 3) {
   TORCH_CHECK(w.device().is_cpu() && w.dim() == 4 && w.size(0) == x.size(3) &&
-                  w.size(1) == 1 && w.size(2) == 3 && w.size(3) == 3,
-              "depthwise3x3: weight must be a (C, 1, 3, 3) CPU tensor for C = ", x.size(3),
-              ", got ", w.sizes());
-  TORCH_CHECK(w.scalar_type() == x.scalar_type(), "depthwise3x3: weight dtype ",
+                  w.size(1) == 1 && w.size(2) == K && w.size(3) == K,
+              "depthwise: weight must be a (C, 1, ", K, ", ", K, ") CPU tensor for C = ",
+              x.size(3), ", got ", w.sizes());
+  TORCH_CHECK(w.scalar_type() == x.scalar_type(), "depthwise: weight dtype ",
               w.scalar_type(), " differs from the map's ", x.scalar_type());
   current_isa();  // a forced ISA this CPU cannot run raises here, before any work
 }
@@ -112,9 +127,9 @@ at::Tensor output_for(const at::Tensor& x, const std::optional<at::Tensor>& out,
   if (!out.has_value()) return at::empty_like(x);
   check_map(*out, name);
   TORCH_CHECK(out->sizes() == x.sizes() && out->scalar_type() == x.scalar_type(),
-              "depthwise3x3: ", name, " must be shaped and typed as the map, got ",
+              "depthwise: ", name, " must be shaped and typed as the map, got ",
               out->sizes(), " ", out->scalar_type());
-  TORCH_CHECK(!overlap(*out, x), "depthwise3x3: ", name, " must not overlap the map it reads");
+  TORCH_CHECK(!overlap(*out, x), "depthwise: ", name, " must not overlap the map it reads");
   return *out;
 }
 
@@ -166,18 +181,34 @@ std::vector<at::Tensor> depthwise3x3_backward(const at::Tensor& grad, const at::
                          gx.data_ptr<scalar_t>(), H, W, C};
       run_rows(a, B * H);
     }
-    if (need_w || need_b) {
-      const std::vector<scalar_t> sum = grad_weight_sums(
-          grad.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), B, H, W, C);
-      if (need_w) {
-        scalar_t* dst = gw.data_ptr<scalar_t>();  // (C, 1, 3, 3)
-        for (int64_t c = 0; c < C; ++c)
-          for (int k = 0; k < 9; ++k) dst[c * 9 + k] = sum[k * C + c];
-      }
-      if (need_b) std::copy(sum.begin() + 9 * C, sum.end(), gb.data_ptr<scalar_t>());
-    }
+    if (need_w || need_b)
+      unpack_grad_sums(grad_weight_sums(grad.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), B,
+                                        H, W, C, 3),
+                       C, 3, gw, gb);
   });
   return {gx, gw, gb};
+}
+
+std::vector<at::Tensor> depthwise_weight_grad(const at::Tensor& grad, const at::Tensor& x,
+                                              int64_t kernel_size, bool need_b) {
+  TORCH_CHECK(kernel_size == 3 || kernel_size == 7,
+              "depthwise_weight_grad: kernel_size must be 3 or 7, got ", kernel_size);
+  check_map(x, "x");
+  check_map(grad, "grad");
+  TORCH_CHECK(grad.sizes() == x.sizes() && grad.scalar_type() == x.scalar_type(),
+              "depthwise_weight_grad: grad must be shaped and typed as x, got ", grad.sizes());
+  current_isa();  // a forced ISA this CPU cannot run raises here, before any work
+  const int64_t B = x.size(0), H = x.size(1), W = x.size(2), C = x.size(3);
+  const int K = static_cast<int>(kernel_size);
+  at::Tensor gw = at::zeros({C, 1, K, K}, x.options());
+  at::Tensor gb = need_b ? at::zeros({C}, x.options()) : at::Tensor();
+  if (x.numel() == 0) return {gw, gb};
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "depthwise_weight_grad", [&] {
+    unpack_grad_sums(grad_weight_sums(grad.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), B, H,
+                                      W, C, K),
+                     C, K, gw, gb);
+  });
+  return {gw, gb};
 }
 
 }  // namespace dcconv

@@ -1,4 +1,5 @@
-// 3x3 depthwise convolution kernels on channels-last maps, one copy per ISA: included by
+// 3x3 depthwise convolution kernels on channels-last maps, and the weight gradient of a 3x3
+// or 7x7 one (the 7x7 mixers'), one copy per ISA: included by
 // common/isa_instantiate.h (from cpu/depthwise.cpp) once per ISA, inside that ISA's target
 // pragma; no include guard on purpose, and no #include (see "ODR" in common/dcconv_common.h).
 //
@@ -52,13 +53,13 @@ DCCONV_INLINE void dw_store(T* p, V v) {
 // fn(lane type, px, c) for every channel vector c of position x0 (lane type: the ISA's
 // vector), then for each of the last C % lanes channels (lane type: a scalar); px[i]: row i
 // of `rows` at (x0, c), nullptr where the row is outside the map.
-template <typename T, typename F>
-DCCONV_INLINE void over_lanes(const T* const rows[3], int64_t x0, int64_t C, F&& fn) {
+template <typename T, int K = 3, typename F>
+DCCONV_INLINE void over_lanes(const T* const rows[K], int64_t x0, int64_t C, F&& fn) {
   typedef typename DwVec<T>::type V;
   constexpr int64_t L = DwVec<T>::L;
   auto at = [&](auto lane_type, int64_t c) {
-    const T* px[3];
-    for (int i = 0; i < 3; ++i) px[i] = rows[i] ? rows[i] + x0 * C + c : nullptr;
+    const T* px[K];
+    for (int i = 0; i < K; ++i) px[i] = rows[i] ? rows[i] + x0 * C + c : nullptr;
     fn(lane_type, px, c);
   };
   int64_t c = 0;
@@ -130,70 +131,91 @@ DCCONV_INLINE void dw_rows_impl(const DwArgs<T>& a, int64_t r0, int64_t r1) {
   }
 }
 
-// Weight gradient: kP consecutive positions from x0 of row y, lanes [c, ...): acc (in
-// memory, (10, C) with the lane offset applied: taps then bias) += g * input, positions in
-// increasing x. px, kLeft, kRight as in dw_points.
-template <typename V, typename T, int kP, bool kLeft, bool kRight>
-DCCONV_INLINE void dw_grad_points(const T* const px[3], const T* g, T* accp, int64_t C) {
+// Weight gradient of a K x K kernel (r = K / 2): kP consecutive positions from x0 of row y,
+// lanes [c, ...), all of whose taps lie inside the row: acc (in memory, (K * K + 1, C) with
+// the lane offset applied: taps then bias) += g * input, positions in increasing x. px[i]: the
+// input at (y + i - r, x0), nullptr outside the map.
+template <typename V, typename T, int K, int kP>
+DCCONV_INLINE void dw_grad_points(const T* const px[K], const T* g, T* accp, int64_t C) {
+  constexpr int r = K / 2;
   V gv[kP];
   for (int p = 0; p < kP; ++p) gv[p] = dw_load<V>(g + p * C);
-  V acc = dw_load<V>(accp + 9 * C);
+  V acc = dw_load<V>(accp + K * K * C);
   for (int p = 0; p < kP; ++p) acc = acc + gv[p];
-  dw_store(accp + 9 * C, acc);
-#pragma GCC unroll 3
-  for (int i = 0; i < 3; ++i) {
+  dw_store(accp + K * K * C, acc);
+#pragma GCC unroll 7
+  for (int i = 0; i < K; ++i) {
     if (!px[i]) continue;
-    V col[kP + 2];
+    V col[kP + K - 1];  // columns x0 - r .. x0 + kP - 1 + r
+#pragma GCC unroll 12
+    for (int q = 0; q < kP + K - 1; ++q) col[q] = dw_load<V>(px[i] + (q - r) * C);
+#pragma GCC unroll 7
+    for (int j = 0; j < K; ++j) {
+      V s = dw_load<V>(accp + (K * i + j) * C);
 #pragma GCC unroll 8
-    for (int q = 0; q < kP + 2; ++q)
-      if ((q > 0 || kLeft) && (q < kP + 1 || kRight)) col[q] = dw_load<V>(px[i] + (q - 1) * C);
-#pragma GCC unroll 3
-    for (int j = 0; j < 3; ++j) {
-      V s = dw_load<V>(accp + (3 * i + j) * C);
-#pragma GCC unroll 8
-      for (int p = 0; p < kP; ++p)
-        if ((p + j > 0 || kLeft) && (p + j < kP + 1 || kRight)) s = s + gv[p] * col[p + j];
-      dw_store(accp + (3 * i + j) * C, s);
+      for (int p = 0; p < kP; ++p) s = s + gv[p] * col[p + j];
+      dw_store(accp + (K * i + j) * C, s);
     }
   }
 }
 
-template <typename T, int kP, bool kLeft, bool kRight>
-DCCONV_INLINE void dw_grad_points_all(const DwGradArgs<T>& a, const T* const rows[3],
-                                      const T* g, T* partial, int64_t x0) {
-  const int64_t C = a.C;
-  over_lanes<T>(rows, x0, C, [&](auto lane_type, const T* const px[3], int64_t c) {
-    dw_grad_points<decltype(lane_type), T, kP, kLeft, kRight>(px, g + x0 * C + c, partial + c,
-                                                              C);
-  });
+// The same for one position x0 whose taps j in [j0, j1) lie inside the row (the row's ends).
+template <typename V, typename T, int K>
+DCCONV_INLINE void dw_grad_edge(const T* const px[K], const T* g, T* accp, int64_t C, int j0,
+                                int j1) {
+  constexpr int r = K / 2;
+  const V gv = dw_load<V>(g);
+  dw_store(accp + K * K * C, dw_load<V>(accp + K * K * C) + gv);
+  for (int i = 0; i < K; ++i) {
+    if (!px[i]) continue;
+    for (int j = j0; j < j1; ++j) {
+      V s = dw_load<V>(accp + (K * i + j) * C);
+      s = s + gv * dw_load<V>(px[i] + (j - r) * C);
+      dw_store(accp + (K * i + j) * C, s);
+    }
+  }
 }
 
-// Partial sums of one task (image b, rows [y0, y1)) into partial (10, C), zeroed here; (y, x)
-// in increasing order for every lane.
-template <typename T>
+// Partial sums of one task (image b, rows [y0, y1)) into partial (K * K + 1, C), zeroed here;
+// (y, x) in increasing order for every lane.
+template <typename T, int K>
 DCCONV_INLINE void dw_grad_impl(const DwGradArgs<T>& a, int64_t b, int64_t y0, int64_t y1,
                                 T* partial) {
+  constexpr int r = K / 2;
   const int64_t H = a.H, W = a.W, C = a.C;
-  std::fill(partial, partial + 10 * C, T(0));
+  std::fill(partial, partial + (K * K + 1) * C, T(0));
   for (int64_t y = y0; y < y1; ++y) {
-    const int64_t r = b * H + y;
-    const T* rows[3];
-    for (int i = 0; i < 3; ++i) {
-      const int64_t yy = y + i - 1;
-      rows[i] = yy >= 0 && yy < H ? a.in + (r + i - 1) * W * C : nullptr;
+    const int64_t row = b * H + y;
+    const T* rows[K];
+    for (int i = 0; i < K; ++i) {
+      const int64_t yy = y + i - r;
+      rows[i] = yy >= 0 && yy < H ? a.in + (row + i - r) * W * C : nullptr;
     }
-    const T* g = a.g + r * W * C;
-    if (W == 1) {
-      dw_grad_points_all<T, 1, false, false>(a, rows, g, partial, 0);
-      continue;
+    const T* g = a.g + row * W * C;
+    for (int64_t x = 0; x < W;) {
+      const bool interior = x >= r && x + kDwGradPoints - 1 + r < W;
+      over_lanes<T, K>(rows, x, C, [&](auto lane_type, const T* const px[K], int64_t c) {
+        typedef decltype(lane_type) U;
+        if (interior) {
+          dw_grad_points<U, T, K, kDwGradPoints>(px, g + x * C + c, partial + c, C);
+        } else {
+          const int j0 = static_cast<int>(std::max<int64_t>(0, r - x));
+          const int j1 = static_cast<int>(std::min<int64_t>(K, W - x + r));
+          dw_grad_edge<U, T, K>(px, g + x * C + c, partial + c, C, j0, j1);
+        }
+      });
+      x += interior ? kDwGradPoints : 1;
     }
-    dw_grad_points_all<T, 1, false, true>(a, rows, g, partial, 0);
-    int64_t x = 1;
-    for (; x + kDwGradPoints < W; x += kDwGradPoints)
-      dw_grad_points_all<T, kDwGradPoints, true, true>(a, rows, g, partial, x);
-    for (; x < W - 1; ++x) dw_grad_points_all<T, 1, true, true>(a, rows, g, partial, x);
-    dw_grad_points_all<T, 1, true, false>(a, rows, g, partial, W - 1);
   }
+}
+
+template <typename T>
+DCCONV_INLINE void dw_grad_any(const DwGradArgs<T>& a, int64_t b, int64_t y0, int64_t y1,
+                               T* partial) {
+  if (a.K == 7)
+    dw_grad_impl<T, 7>(a, b, y0, y1, partial);
+  else
+    dw_grad_impl<T, 3>(a, b, y0, y1, partial);
 }
 
 void depthwise_rows_f32(const DwArgs<float>& a, int64_t r0, int64_t r1) {
@@ -204,11 +226,11 @@ void depthwise_rows_f64(const DwArgs<double>& a, int64_t r0, int64_t r1) {
 }
 void depthwise_grad_weight_f32(const DwGradArgs<float>& a, int64_t b, int64_t y0, int64_t y1,
                                float* partial) {
-  dw_grad_impl<float>(a, b, y0, y1, partial);
+  dw_grad_any<float>(a, b, y0, y1, partial);
 }
 void depthwise_grad_weight_f64(const DwGradArgs<double>& a, int64_t b, int64_t y0, int64_t y1,
                                double* partial) {
-  dw_grad_impl<double>(a, b, y0, y1, partial);
+  dw_grad_any<double>(a, b, y0, y1, partial);
 }
 
 }  // namespace DCCONV_ISA
