@@ -1,6 +1,8 @@
 """What DCCNeXt runs under torch.compile on the CPU (mmdccnext/models/backbones/compile_ops.py):
 the Conv-FFN and the depthwise mixer as ops that compute eager's results to the bit, taken only
 while compiling, and a compiled backbone equal to eager."""
+import threading
+
 import pytest
 import torch
 from torch import nn
@@ -136,3 +138,23 @@ def test_exports_record_the_standard_operators():
     targets = {str(node.target) for node in program.graph.nodes}
     assert not [t for t in targets if t.startswith('mmdccnext.')], targets
     assert 'aten.convolution.default' in targets or 'aten.conv2d.default' in targets, targets
+
+
+def test_the_conv_ffn_ops_reuse_their_threads_buffers():
+    # the ops' internal temporaries come from the calling thread's buffers: the same buffers
+    # call after call (grown for a larger map, views for a smaller one), another thread's own
+    torch.manual_seed(0)
+    ffn = ConvFFN(8, ffn_ratio=2.)
+    params = list(ffn.parameters())
+    for size in [(2, 6, 5, 8), (1, 3, 4, 8), (2, 6, 5, 8)]:
+        x = randn(*size, seed=sum(size))
+        op = _grads(lambda t: compile_ops.conv_ffn(ffn, t), x, params, seed=7)
+        for a, e in zip(op, _grads(ffn, x, params, seed=7)):
+            assert torch.equal(a, e)
+    mine = compile_ops._buffers()
+    assert compile_ops._buffers() is mine
+    others = []
+    thread = threading.Thread(target=lambda: others.append(compile_ops._buffers()))
+    thread.start()
+    thread.join()
+    assert others[0] is not mine
