@@ -84,16 +84,19 @@ def test_every_isa_gives_the_same_bits():
             assert torch.equal(a, e)
 
 
-def test_deterministic_whatever_the_threads():
-    x, w, b, g = inputs((3, 19, 6, 24))
+def at_threads(fn, counts):
+    """``fn()`` run with each number of threads of ``counts``: the list of its results."""
     threads = torch.get_num_threads()
-    results = []
     try:
-        for n in (1, 2, 3):
-            torch.set_num_threads(n)
-            results.append((depthwise.forward(x, w, b), *depthwise.backward(g, x, w)))
+        return [torch.set_num_threads(n) or fn() for n in counts]
     finally:
         torch.set_num_threads(threads)
+
+
+def test_deterministic_whatever_the_threads():
+    x, w, b, g = inputs((3, 19, 6, 24))
+    results = at_threads(lambda: (depthwise.forward(x, w, b), *depthwise.backward(g, x, w)),
+                         (1, 2, 3))
     for other in results[1:]:
         for a, e in zip(other, results[0]):
             assert torch.equal(a, e)
@@ -219,13 +222,7 @@ def test_7x7_weight_gradient_same_bits_on_every_isa_and_thread_count():
     for isa in [isa for isa in ISAS if isa_skip_reason(isa) is None]:
         with forced_isa(isa):
             results.append(weight_grad(g, x))
-    threads = torch.get_num_threads()
-    try:
-        for n in (1, 3):
-            torch.set_num_threads(n)
-            results.append(weight_grad(g, x))
-    finally:
-        torch.set_num_threads(threads)
+    results += at_threads(lambda: weight_grad(g, x), (1, 3))
     for other in results[1:]:
         for a, e in zip(other, results[0]):
             assert torch.equal(a, e)
