@@ -16,8 +16,9 @@ or dtypes, exporting, tracing, compiling the module itself) ``nn.Conv2d``'s own 
 
 The 7x7 depthwise mixers of stages 1-2 are :class:`DepthwiseConv2d` too, for their weight
 gradient only: oneDNN computes their forward and input gradient fast, but their weight
-gradient about 10x slower than both together (a B2 training step at 224^2 b16: 58 of the 70
-ms of a stage-1 mixer's backward, AMD EPYC Zen 4, 1 thread). Under autograd the module runs
+gradient takes about 5x as long as both together (a B2 training step at 224^2 b16: 58 of the
+70 ms of a stage-1 mixer's backward, the forward 5 ms; the extension's takes 8 ms; AMD EPYC
+Zen 4, 1 thread). Under autograd the module runs
 oneDNN's forward and input gradient and the extension's weight gradient
 (:func:`conv_backward`, deterministic like the 3x3 one); the op under ``torch.compile``
 (``compile_ops.conv_backward_op``) calls the same function.

@@ -1,7 +1,8 @@
 // The Conv-FFN's 3x3 depthwise convolution on channels-last maps (depthwise3x3_forward,
 // depthwise3x3_backward), and the weight gradient alone of the 7x7 depthwise mixers
-// (depthwise_weight_grad: oneDNN's was about 7x slower, its forward and input gradient not). Not part of DCConv: it lives in this extension for its build and
-// its per-ISA dispatch. Why a kernel of our own: on the CPU, oneDNN's depthwise convolution
+// (depthwise_weight_grad: oneDNN's took about 7x as long; its forward and input gradient are
+// fast). Not part of DCConv: it lives in this extension for its build and its per-ISA
+// dispatch. Why a kernel of our own: on the CPU, oneDNN's depthwise convolution
 // on (B, H, W, 6C) maps ran several times slower than the memory traffic it needs, and its
 // backward allocated the input gradient anew (page faults) - measured in
 // docs/en/benchmarks.md. The per-ISA kernels are in depthwise_kernels.h, the arithmetic in
