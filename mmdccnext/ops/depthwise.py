@@ -18,10 +18,9 @@ The 7x7 depthwise mixers of stages 1-2 are :class:`DepthwiseConv2d` too, for the
 gradient only: oneDNN computes their forward and input gradient fast, but their weight
 gradient takes about 5x as long as both together (a B2 training step at 224^2 b16: 58 of the
 70 ms of a stage-1 mixer's backward, the forward 5 ms; the extension's takes 8 ms; AMD EPYC
-Zen 4, 1 thread). Under autograd the module runs
-oneDNN's forward and input gradient and the extension's weight gradient
-(:func:`conv_backward`, deterministic like the 3x3 one); the op under ``torch.compile``
-(``compile_ops.conv_backward_op``) calls the same function.
+Zen 4, 1 thread). Under autograd the module runs oneDNN's forward and input gradient and the
+extension's weight gradient (:func:`conv_backward`, deterministic like the 3x3 one); the op
+under ``torch.compile`` (``compile_ops.conv_backward_op``) calls the same function.
 """
 import contextlib
 
@@ -46,14 +45,28 @@ def _range(name):
             if torch.autograd._profiler_enabled() else contextlib.nullcontext())
 
 
+def _extension_takes(x, weight, k):
+    """The extension is built and computes on the channels-last ``(B, H, W, C)`` map ``x``
+    with ``weight`` ``(C, 1, k, k)``: float32 or float64 CPU tensors of one dtype, no autocast
+    (it would run the convolution in another dtype)."""
+    return (x.device.type == 'cpu' and x.dim() == 4 and x.dtype in (torch.float32, torch.float64)
+            and weight.dtype == x.dtype and weight.shape == (x.shape[-1], 1, k, k)
+            and not torch.is_autocast_enabled('cpu') and cpu_impl.ext_available())
+
+
 def applies(x, weight):
     """Whether the kernels compute the 3x3 depthwise convolution of the channels-last
     ``(B, H, W, C)`` map ``x`` with ``weight`` ``(C, 1, 3, 3)`` (stride 1, zero padding 1;
-    the caller checks the module's configuration): the extension is built, float32 or float64
-    CPU tensors of one dtype, no autocast (it would run the convolution in another dtype)."""
-    return (x.device.type == 'cpu' and x.dim() == 4 and x.dtype in (torch.float32, torch.float64)
-            and weight.dtype == x.dtype and weight.shape == (x.shape[-1], 1, 3, 3)
-            and not torch.is_autocast_enabled('cpu') and cpu_impl.ext_available())
+    the caller checks the module's configuration): :func:`_extension_takes`."""
+    return _extension_takes(x, weight, 3)
+
+
+def conv_args(weight):
+    """``aten.convolution``'s arguments after (input, weight, bias) for the same-size
+    depthwise convolution with ``weight`` ``(C, 1, K, K)``: stride 1, zero padding K // 2,
+    no dilation, C groups."""
+    k = weight.shape[-1]
+    return [1, 1], [k // 2, k // 2], [1, 1], False, [0, 0], weight.shape[0]
 
 
 def same_size(conv):
@@ -86,10 +99,7 @@ def weight_grad_applies(x, weight):
     convolution of the channels-last ``(B, H, W, C)`` map ``x`` with ``weight``
     ``(C, 1, K, K)``, K in :data:`WEIGHT_GRAD_SIZES` (as :func:`applies` for 3x3)."""
     k = weight.shape[-1]
-    return (k in WEIGHT_GRAD_SIZES and x.device.type == 'cpu' and x.dim() == 4
-            and x.dtype in (torch.float32, torch.float64) and weight.dtype == x.dtype
-            and weight.shape == (x.shape[-1], 1, k, k) and not torch.is_autocast_enabled('cpu')
-            and cpu_impl.ext_available())
+    return k in WEIGHT_GRAD_SIZES and _extension_takes(x, weight, k)
 
 
 def conv_backward(grad, x, weight, need_x=True, need_w=True, need_b=True):
@@ -98,16 +108,16 @@ def conv_backward(grad, x, weight, need_x=True, need_w=True, need_b=True):
     ``x`` for the contiguous output gradient ``grad``, both ``(B, H, W, C)``: the input's
     by oneDNN, as ``nn.Conv2d``'s backward computes it, the weight's and bias's by the
     extension (:func:`weight_grad_applies`). ``grad_x`` is channels-last ``(B, H, W, C)``."""
-    k, C = weight.shape[-1], x.shape[-1]
     grad_x = grad_w = grad_b = None
     if need_x:
         grad_x = aten.convolution_backward(grad.permute(0, 3, 1, 2), x.permute(0, 3, 1, 2),
-                                           weight, None, [1, 1], [k // 2, k // 2], [1, 1],
-                                           False, [0, 0], C, [True, False, False])[0]
+                                           weight, None, *conv_args(weight),
+                                           [True, False, False])[0]
         grad_x = grad_x.permute(0, 2, 3, 1)
     if need_w or need_b:
         with _range(WEIGHT_GRAD_RANGE):
-            grad_w, grad_b = cpu_impl.load_ext().depthwise_weight_grad(grad, x, k, need_b)
+            grad_w, grad_b = cpu_impl.load_ext().depthwise_weight_grad(grad, x, weight.shape[-1],
+                                                                       need_b)
     return grad_x, grad_w if need_w else None, grad_b if need_b else None
 
 
@@ -119,9 +129,7 @@ class WeightGradFunction(torch.autograd.Function):
     def forward(ctx, x, weight, bias):
         ctx.save_for_backward(x, weight)
         ctx.has_bias = bias is not None
-        k = weight.shape[-1]
-        out = aten.convolution(x.permute(0, 3, 1, 2), weight, bias, [1, 1], [k // 2, k // 2],
-                               [1, 1], False, [0, 0], x.shape[-1])
+        out = aten.convolution(x.permute(0, 3, 1, 2), weight, bias, *conv_args(weight))
         return out.permute(0, 2, 3, 1)
 
     @staticmethod
@@ -189,11 +197,11 @@ class DepthwiseConv2d(nn.Conv2d):
                 and weight_grad_applies(x, self.weight) and not _recording())
 
     def forward(self, x):
-        if x.dim() == 4:
-            x_cl = x.permute(0, 2, 3, 1)
-            if x_cl.is_contiguous() and self.runs_kernel(x_cl):
+        x_cl = x.permute(0, 2, 3, 1) if x.dim() == 4 else None
+        if x_cl is not None and x_cl.is_contiguous():
+            if self.runs_kernel(x_cl):
                 return conv3x3(x_cl, self.weight, self.bias).permute(0, 3, 1, 2)
-            if x_cl.is_contiguous() and self.runs_weight_grad(x_cl):
+            if self.runs_weight_grad(x_cl):
                 return WeightGradFunction.apply(x_cl, self.weight, self.bias).permute(0, 3, 1, 2)
         return super().forward(x)
 

@@ -41,10 +41,6 @@ SHAPES = {
 MIXER_SHAPES = {'training 224² b16': [(16, 56, 56, 64), (16, 28, 28, 128)]}
 
 
-def _conv_args(channels, kernel_size=3):
-    return [1, 1], [kernel_size // 2] * 2, [1, 1], False, [0, 0], channels
-
-
 def _random(shape, kernel_size):
     C = shape[-1]
     gen = torch.Generator().manual_seed(0)
@@ -67,10 +63,11 @@ def comparisons(shape):
          lambda: conv_add(buf.zero_().permute(0, 3, 1, 2), nchw, w, b, [1, 1], [1, 1], [1, 1], C,
                           'add', 1.0, None, [], None)),
         'forward, new output':
-        (lambda: depthwise.forward(x, w, b), lambda: aten.convolution(nchw, w, b, *_conv_args(C))),
+        (lambda: depthwise.forward(x, w, b),
+         lambda: aten.convolution(nchw, w, b, *depthwise.conv_args(w))),
         'backward':
         (lambda: depthwise.backward(grad, x, w, grad_x_out=buf), lambda: aten.convolution_backward(
-            grad.permute(0, 3, 1, 2), nchw, w, [C], *_conv_args(C), [True, True, True])),
+            grad.permute(0, 3, 1, 2), nchw, w, [C], *depthwise.conv_args(w), [True, True, True])),
     }
 
 
@@ -82,7 +79,7 @@ def mixer_comparisons(shape):
         'backward, 7×7 mixer': (lambda: depthwise.conv_backward(grad, x, w),
                                 lambda: torch.ops.aten.convolution_backward(
                                     grad.permute(0, 3, 1, 2), x.permute(0, 3, 1, 2), w, [C],
-                                    *_conv_args(C, 7), [True, True, True])),
+                                    *depthwise.conv_args(w), [True, True, True])),
     }
 
 

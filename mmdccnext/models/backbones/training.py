@@ -78,11 +78,6 @@ def same_depthwise(conv, channels):
             and conv.bias is not None)
 
 
-def _conv_args(weight):
-    k = weight.shape[-1]
-    return [1, 1], [k // 2, k // 2], [1, 1], False, [0, 0], weight.shape[0]
-
-
 def ffn_forward(x, w1, b1, wd, bd, w2, b2, approximate, gelu_buffer=None):
     """The Conv-FFN on channels-last contiguous ``x`` with eager's ATen calls and layouts:
     ``(out, h1, pre)``, the output and what :func:`ffn_backward` needs (fc1's output, the
@@ -95,7 +90,7 @@ def ffn_forward(x, w1, b1, wd, bd, w2, b2, approximate, gelu_buffer=None):
     if depthwise.applies(h1, wd):
         pre = depthwise.forward(h1, wd, bd)
     else:
-        pre = aten.convolution(h1.permute(0, 3, 1, 2), wd, bd, *_conv_args(wd))
+        pre = aten.convolution(h1.permute(0, 3, 1, 2), wd, bd, *depthwise.conv_args(wd))
         pre = pre.permute(0, 2, 3, 1)  # a view: oneDNN keeps the channels-last layout
     h3 = torch._C._nn.gelu(pre, approximate=approximate,
                            out=None if gelu_buffer is None else gelu_buffer(pre))
@@ -125,7 +120,7 @@ def ffn_backward(grad, x, w1, h1, wd, pre, w2, approximate, hidden, need_grad_x=
     else:
         grad_h1, grad_wd, grad_bd = aten.convolution_backward(
             hidden.permute(0, 3, 1, 2), h1.permute(0, 3, 1, 2), wd, [wd.shape[0]],
-            *_conv_args(wd), [True, True, True])
+            *depthwise.conv_args(wd), [True, True, True])
         grad_h1 = grad_h1.permute(0, 2, 3, 1).reshape(B * H * W, -1)
     grad_x = aten.mm(grad_h1, w1).view(B, H, W, C) if need_grad_x else None
     grad_w1 = aten.mm(grad_h1.t(), x.view(-1, C))

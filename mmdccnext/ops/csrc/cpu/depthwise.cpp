@@ -122,6 +122,15 @@ void check_weight(const at::Tensor& x, const at::Tensor& w, int64_t K = 3) {
   current_isa();  // a forced ISA this CPU cannot run raises here, before any work
 }
 
+// The map x and the output gradient grad of a backward call: checked maps of one shape and
+// dtype.
+void check_grad_and_map(const at::Tensor& grad, const at::Tensor& x, const char* op) {
+  check_map(x, "x");
+  check_map(grad, "grad");
+  TORCH_CHECK(grad.sizes() == x.sizes() && grad.scalar_type() == x.scalar_type(), op,
+              ": grad must be shaped and typed as x, got ", grad.sizes());
+}
+
 // `out` if given (checked: shaped as x, not overlapping it), else a new tensor.
 at::Tensor output_for(const at::Tensor& x, const std::optional<at::Tensor>& out,
                       const char* name) {
@@ -165,11 +174,8 @@ std::vector<at::Tensor> depthwise3x3_backward(const at::Tensor& grad, const at::
                                               const at::Tensor& w,
                                               const std::optional<at::Tensor>& grad_x_out,
                                               bool need_x, bool need_w, bool need_b) {
-  check_map(x, "x");
-  check_map(grad, "grad");
+  check_grad_and_map(grad, x, "depthwise3x3");
   check_weight(x, w);
-  TORCH_CHECK(grad.sizes() == x.sizes() && grad.scalar_type() == x.scalar_type(),
-              "depthwise3x3: grad must be shaped and typed as x, got ", grad.sizes());
   const int64_t B = x.size(0), H = x.size(1), W = x.size(2), C = x.size(3);
   at::Tensor gx = need_x ? output_for(grad, grad_x_out, "grad_x_out") : at::Tensor();
   at::Tensor gw = need_w ? at::zeros_like(w) : at::Tensor();
@@ -194,10 +200,7 @@ std::vector<at::Tensor> depthwise_weight_grad(const at::Tensor& grad, const at::
                                               int64_t kernel_size, bool need_b) {
   TORCH_CHECK(kernel_size == 3 || kernel_size == 7,
               "depthwise_weight_grad: kernel_size must be 3 or 7, got ", kernel_size);
-  check_map(x, "x");
-  check_map(grad, "grad");
-  TORCH_CHECK(grad.sizes() == x.sizes() && grad.scalar_type() == x.scalar_type(),
-              "depthwise_weight_grad: grad must be shaped and typed as x, got ", grad.sizes());
+  check_grad_and_map(grad, x, "depthwise_weight_grad");
   current_isa();  // a forced ISA this CPU cannot run raises here, before any work
   const int64_t B = x.size(0), H = x.size(1), W = x.size(2), C = x.size(3);
   const int K = static_cast<int>(kernel_size);

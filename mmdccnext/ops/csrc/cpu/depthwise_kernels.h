@@ -67,6 +67,17 @@ DCCONV_INLINE void over_lanes(const T* const rows[K], int64_t x0, int64_t C, F&&
   for (; c < C; ++c) at(T{}, c);
 }
 
+// rows[i]: row y + i - K / 2 of the (H, W, C) image whose row y is at in[row * W * C], or
+// nullptr outside the image (`row` = b * H + y counts rows over the batch).
+template <typename T, int K>
+DCCONV_INLINE void window_rows(const T* in, int64_t row, int64_t y, int64_t H, int64_t W,
+                               int64_t C, const T* rows[K]) {
+  for (int i = 0; i < K; ++i) {
+    const int64_t yy = y + i - K / 2;
+    rows[i] = yy >= 0 && yy < H ? in + (row + i - K / 2) * W * C : nullptr;
+  }
+}
+
 // kP consecutive positions x0 .. x0+kP-1 of an output row, lanes [c, c + lanes of V): out =
 // bias + the valid taps in row-major order. px[i]: the input at (y+i-1, x0) (lane offset
 // applied), nullptr outside the map; kLeft / kRight: column x0-1 / x0+kP exists. Each input
@@ -109,12 +120,8 @@ template <typename T>
 DCCONV_INLINE void dw_rows_impl(const DwArgs<T>& a, int64_t r0, int64_t r1) {
   const int64_t H = a.H, W = a.W, C = a.C;
   for (int64_t r = r0; r < r1; ++r) {
-    const int64_t y = r % H;
     const T* rows[3];
-    for (int i = 0; i < 3; ++i) {
-      const int64_t yy = y + i - 1;
-      rows[i] = yy >= 0 && yy < H ? a.in + (r + i - 1) * W * C : nullptr;
-    }
+    window_rows<T, 3>(a.in, r, r % H, H, W, C, rows);
     T* out = a.out + r * W * C;
     // position by position along the row, all channels of a position (or pair) before the
     // next: the three input rows and the output are read and written in memory order
@@ -187,10 +194,7 @@ DCCONV_INLINE void dw_grad_impl(const DwGradArgs<T>& a, int64_t b, int64_t y0, i
   for (int64_t y = y0; y < y1; ++y) {
     const int64_t row = b * H + y;
     const T* rows[K];
-    for (int i = 0; i < K; ++i) {
-      const int64_t yy = y + i - r;
-      rows[i] = yy >= 0 && yy < H ? a.in + (row + i - r) * W * C : nullptr;
-    }
+    window_rows<T, K>(a.in, row, y, H, W, C, rows);
     const T* g = a.g + row * W * C;
     for (int64_t x = 0; x < W;) {
       const bool interior = x >= r && x + kDwGradPoints - 1 + r < W;
