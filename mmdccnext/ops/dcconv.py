@@ -89,6 +89,13 @@ def is_exporting():
             or torch.jit.is_tracing())
 
 
+def is_recording():
+    """Whether a graph is being recorded: compiling, exporting, tracing or scripting. Then
+    the modules with a kernel of their own (the depthwise convolutions, the oneDNN linear
+    layer) run their standard forward, which the recorder knows."""
+    return torch.compiler.is_compiling() or is_exporting() or torch.jit.is_scripting()
+
+
 @functools.lru_cache(maxsize=None)
 def _triton_status(device_type):
     """(usable, why not) for the Triton leaf on tensors of ``device_type``; asked once per

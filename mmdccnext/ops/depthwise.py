@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from . import cpu_impl
-from .dcconv import is_exporting
+from .dcconv import is_recording
 
 #: Profiler ranges around the kernels (pybind calls are invisible to torch.profiler).
 FORWARD_RANGE = 'mmdccnext::depthwise3x3_forward'
@@ -186,7 +186,7 @@ class DepthwiseConv2d(nn.Conv2d):
         map ``x``: :func:`same_size`, :func:`applies` (which takes only 3x3 weights), and
         neither compiling, exporting, tracing nor scripting (they record the standard
         convolution)."""
-        return (same_size(self) and applies(x, self.weight) and not _recording())
+        return (same_size(self) and applies(x, self.weight) and not is_recording())
 
     def runs_weight_grad(self, x):
         """Whether this convolution of the channels-last ``x`` runs as
@@ -194,7 +194,7 @@ class DepthwiseConv2d(nn.Conv2d):
         :func:`weight_grad_applies`, and nothing records the graph (as :meth:`runs_kernel`).
         Its output is ``nn.Conv2d``'s, bit for bit."""
         return (torch.is_grad_enabled() and self.weight.requires_grad and same_size(self)
-                and weight_grad_applies(x, self.weight) and not _recording())
+                and weight_grad_applies(x, self.weight) and not is_recording())
 
     def forward(self, x):
         x_cl = x.permute(0, 2, 3, 1) if x.dim() == 4 else None
@@ -204,8 +204,3 @@ class DepthwiseConv2d(nn.Conv2d):
             if self.runs_weight_grad(x_cl):
                 return WeightGradFunction.apply(x_cl, self.weight, self.bias).permute(0, 3, 1, 2)
         return super().forward(x)
-
-
-def _recording():
-    """Compiling, exporting, tracing or scripting: they record the standard convolution."""
-    return (torch.compiler.is_compiling() or is_exporting() or torch.jit.is_scripting())

@@ -28,6 +28,7 @@ from torch.nn.modules.batchnorm import _NormBase
 from mmdccnext.ops import DCConv
 from mmdccnext.ops.dcconv import is_exporting
 from mmdccnext.ops.depthwise import DepthwiseConv2d
+from mmdccnext.ops.linear import OneDNNLinear
 from mmdccnext.registry import MODELS
 from . import compile_ops, training
 from .inference import PROFILER_RANGE, Workspace, fast_path_applies
@@ -76,7 +77,7 @@ class ConvFFN(BaseModule):
         self.fc1 = nn.Linear(channels, hidden)
         self.dwconv = DepthwiseConv2d(hidden, dw_kernel_size)
         self.act = nn.GELU()
-        self.fc2 = nn.Linear(hidden, channels)
+        self.fc2 = OneDNNLinear(hidden, channels)  # a narrow output: oneDNN's matmul
 
     def forward(self, x, workspace=None):
         """``x``: (B, H, W, C); ``workspace``: the backbone's inference fast path

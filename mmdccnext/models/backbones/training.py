@@ -19,9 +19,10 @@ node (:class:`ConvFFNFunction`) that
   buffer, and then overwrites that buffer with the gradient of GELU's output (``mm(..., out=)``)
   and with the gradient of its input (``gelu_backward`` in place).
 
-The same kernels as plain autograd (ATen's, and the depthwise convolution's of
-:mod:`mmdccnext.ops.depthwise` as the module runs it), called with the same operands: the
-gradients equal the plain modules' up to float rounding
+The same kernels as plain autograd (ATen's, the depthwise convolution's of
+:mod:`mmdccnext.ops.depthwise` and fc2's of :mod:`mmdccnext.ops.linear` as the modules run
+them), called with the same operands, except that the gradient of fc1's input, a narrow
+product like fc2, is oneDNN's too: the gradients equal the plain modules' up to float rounding
 (``tests/test_models/test_training_node.py``). The
 buffers belong to one forward pass (a :class:`Scratch` made by :meth:`DCCNeXt.forward` and
 held by that pass's nodes): models, threads and graphs never share them. Measured: see
@@ -31,7 +32,8 @@ import torch
 from torch import nn
 
 from mmdccnext.ops import depthwise
-from mmdccnext.ops.dcconv import is_exporting
+from mmdccnext.ops.dcconv import is_recording
+from mmdccnext.ops.linear import narrow_linear
 from .inference import hooked
 
 aten = torch.ops.aten
@@ -63,8 +65,7 @@ def node_applies(ffn, x):
     depthwise convolution, and no forward hook on the FFN's modules (a hook must see them)."""
     return (torch.is_grad_enabled() and x.device.type == 'cpu' and x.dtype == torch.float32
             and (x.requires_grad or any(p.requires_grad for p in ffn.parameters()))
-            and not (torch.is_autocast_enabled('cpu') or torch.compiler.is_compiling()
-                     or is_exporting() or torch.jit.is_tracing() or torch.jit.is_scripting())
+            and not (torch.is_autocast_enabled('cpu') or is_recording())
             and type(ffn.act) is nn.GELU and ffn.fc1.bias is not None
             and ffn.fc2.bias is not None and same_depthwise(ffn.dwconv, ffn.fc1.out_features)
             and all(p.dtype == torch.float32 for p in ffn.parameters())
@@ -79,7 +80,7 @@ def same_depthwise(conv, channels):
 
 
 def ffn_forward(x, w1, b1, wd, bd, w2, b2, approximate, gelu_buffer=None):
-    """The Conv-FFN on channels-last contiguous ``x`` with eager's ATen calls and layouts:
+    """The Conv-FFN on channels-last contiguous ``x`` with eager's kernels and layouts:
     ``(out, h1, pre)``, the output and what :func:`ffn_backward` needs (fc1's output, the
     convolution's output, both channels-last ``(B, H, W, rC)``). GELU's output, which only
     fc2 reads, is written into ``gelu_buffer(pre)`` (a tensor shaped and strided as ``pre``)
@@ -94,7 +95,7 @@ def ffn_forward(x, w1, b1, wd, bd, w2, b2, approximate, gelu_buffer=None):
         pre = pre.permute(0, 2, 3, 1)  # a view: oneDNN keeps the channels-last layout
     h3 = torch._C._nn.gelu(pre, approximate=approximate,
                            out=None if gelu_buffer is None else gelu_buffer(pre))
-    out = aten.addmm(b2, h3.view(B * H * W, -1), w2.t()).view(B, H, W, C)
+    out = narrow_linear(h3, w2, b2)  # fc2 as the module computes it (OneDNNLinear)
     return out, h1, pre
 
 
@@ -122,7 +123,8 @@ def ffn_backward(grad, x, w1, h1, wd, pre, w2, approximate, hidden, need_grad_x=
             hidden.permute(0, 3, 1, 2), h1.permute(0, 3, 1, 2), wd, [wd.shape[0]],
             *depthwise.conv_args(wd), [True, True, True])
         grad_h1 = grad_h1.permute(0, 2, 3, 1).reshape(B * H * W, -1)
-    grad_x = aten.mm(grad_h1, w1).view(B, H, W, C) if need_grad_x else None
+    # a narrow product like fc2's: oneDNN where it applies (mmdccnext.ops.linear)
+    grad_x = narrow_linear(grad_h1, w1.t()).view(B, H, W, C) if need_grad_x else None
     grad_w1 = aten.mm(grad_h1.t(), x.view(-1, C))
     grad_b1 = aten.sum(grad_h1, [0], True).view(-1)
     # grad_wd.contiguous(): a view for a depthwise kernel, the parameter's layout as eager's
