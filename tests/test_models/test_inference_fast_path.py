@@ -57,8 +57,20 @@ def _fast_passes(counts):
     return counts.get(inference.PROFILER_RANGE, 0)
 
 
-def test_taken_by_default_and_bit_identical_to_the_plain_forward(monkeypatch):
+def _fc1_output_limit(model, limit):
+    """Set every fc1's ``max_output_bytes``: 0 sends fc1 to ATen (into a fast-path buffer),
+    None to oneDNN; by default the test's small maps go to oneDNN."""
+    for m in model.modules():
+        if isinstance(m, dccnext.ConvFFN):
+            m.fc1.max_output_bytes = limit
+    return model
+
+
+@pytest.mark.parametrize('fc1_limit', ['default', 0])
+def test_taken_by_default_and_bit_identical_to_the_plain_forward(fc1_limit, monkeypatch):
     model = _model()
+    if fc1_limit != 'default':
+        _fc1_output_limit(model, fc1_limit)
     x = _input()
     expected = _plain(model, x, monkeypatch)
     keys = list(model.state_dict())
@@ -121,8 +133,12 @@ def test_without_the_kernel_the_onednn_in_place_convolution_runs_in_every_block(
     assert counts.get(depthwise.FORWARD_RANGE, 0) == 0
 
 
-def test_buffers_are_reused_within_a_pass(monkeypatch):
+@pytest.mark.parametrize('fc1_limit,buffers', [(0, ['ffn_dwconv', 'ffn_hidden']),
+                                               ('default', ['ffn_dwconv'])])
+def test_buffers_are_reused_within_a_pass(fc1_limit, buffers, monkeypatch):
     model = _model()
+    if fc1_limit != 'default':  # fc1 into a buffer, as for maps over FRESH_PAGES_BYTES
+        _fc1_output_limit(model, fc1_limit)
     allocated = []
     buffer = inference.Workspace.buffer
 
@@ -137,8 +153,9 @@ def test_buffers_are_reused_within_a_pass(monkeypatch):
     with torch.no_grad():
         model(_input())
     # the first stage has the largest hidden maps: each buffer is allocated once, by the
-    # first block, and reused by the 12 others
-    assert sorted(allocated) == ['ffn_dwconv', 'ffn_hidden']
+    # first block, and reused by the 12 others (fc1's output is oneDNN's new tensor where
+    # it is small)
+    assert sorted(allocated) == buffers
 
 
 def test_a_block_called_on_its_own_leaves_its_input_alone():

@@ -1,13 +1,13 @@
-"""The Conv-FFN's narrow linear layer on oneDNN (mmdccnext/ops/linear.py): within a rounding
-bound of the float64 product, nn.Linear's gradients, oneDNN only where it applies and
-nn.Linear's own forward everywhere else, the same state dict."""
+"""The Conv-FFN's linear layers on oneDNN (mmdccnext/ops/linear.py): within a rounding bound
+of the float64 product, nn.Linear's gradients, oneDNN only where it applies (an output within
+the layer's limit) and nn.Linear's own forward everywhere else, the same state dict."""
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from mmdccnext.ops import linear
-from mmdccnext.ops.linear import OneDNNLinear, narrow_linear
+from mmdccnext.ops.linear import OneDNNLinear, onednn_linear
 
 needs_onednn = pytest.mark.skipif(
     linear._onednn_linear() is None or not torch.backends.mkldnn.enabled,
@@ -101,6 +101,23 @@ def test_gradients_are_nn_linears(shape, out_features):
         torch.testing.assert_close(a, p, rtol=0, atol=budget)
 
 
+@needs_onednn
+def test_outputs_over_the_limit_are_nn_linears(monkeypatch):
+    calls = []
+    op = linear._onednn_linear()
+    monkeypatch.setattr(linear, '_onednn_linear',
+                        lambda: lambda *args: calls.append(args[0].shape) or op(*args))
+    torch.manual_seed(0)
+    layer = OneDNNLinear(8, 5, max_output_bytes=4 * 5 * 3)  # three rows of 5 floats
+    small, large = randn(3, 8), randn(4, 8)
+    with torch.no_grad():
+        layer(small)
+        assert torch.equal(layer(large), F.linear(large, layer.weight, layer.bias))
+    assert calls == [(3, 8)]
+    assert linear.applies(small, layer.weight, 60) and not linear.applies(large, layer.weight, 60)
+    assert linear.FRESH_PAGES_BYTES == 32 * 2**20
+
+
 def test_nn_linears_forward_everywhere_else(monkeypatch):
     """float64, oneDNN switched off, autocast, or a graph being recorded: nn.Linear's forward
     (the same bits as F.linear), oneDNN never called."""
@@ -120,7 +137,7 @@ def test_nn_linears_forward_everywhere_else(monkeypatch):
             assert layer(x).dtype == torch.bfloat16
         traced = torch.jit.trace(layer, (x, ), check_trace=False)  # the check runs eagerly
         assert torch.equal(traced(x), F.linear(x, layer.weight, layer.bias))
-        assert torch.equal(narrow_linear(x.double(), layer.weight.double()),
+        assert torch.equal(onednn_linear(x.double(), layer.weight.double()),
                            F.linear(x.double(), layer.weight.double()))
 
 

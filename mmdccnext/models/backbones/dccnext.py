@@ -28,7 +28,7 @@ from torch.nn.modules.batchnorm import _NormBase
 from mmdccnext.ops import DCConv
 from mmdccnext.ops.dcconv import is_exporting
 from mmdccnext.ops.depthwise import DepthwiseConv2d
-from mmdccnext.ops.linear import OneDNNLinear
+from mmdccnext.ops.linear import FRESH_PAGES_BYTES, OneDNNLinear
 from mmdccnext.registry import MODELS
 from . import compile_ops, training
 from .inference import PROFILER_RANGE, Workspace, fast_path_applies
@@ -74,10 +74,11 @@ class ConvFFN(BaseModule):
     def __init__(self, channels, ffn_ratio=6., dw_kernel_size=3, init_cfg=None):
         super().__init__(init_cfg=init_cfg)
         hidden = int(round(channels * ffn_ratio))
-        self.fc1 = nn.Linear(channels, hidden)
+        # oneDNN's matmul, fc1 up to an output size (mmdccnext.ops.linear says why)
+        self.fc1 = OneDNNLinear(channels, hidden, max_output_bytes=FRESH_PAGES_BYTES)
         self.dwconv = DepthwiseConv2d(hidden, dw_kernel_size)
         self.act = nn.GELU()
-        self.fc2 = OneDNNLinear(hidden, channels)  # a narrow output: oneDNN's matmul
+        self.fc2 = OneDNNLinear(hidden, channels)
 
     def forward(self, x, workspace=None):
         """``x``: (B, H, W, C); ``workspace``: the backbone's inference fast path

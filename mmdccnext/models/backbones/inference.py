@@ -30,8 +30,10 @@ import torch
 from torch import nn
 
 from mmdccnext.ops import depthwise
+from mmdccnext.ops import linear as linear_ops
 from mmdccnext.ops.dcconv import is_exporting
 from mmdccnext.ops.depthwise import DepthwiseConv2d
+from mmdccnext.ops.linear import OneDNNLinear
 
 #: The ``torch.profiler`` range :meth:`DCCNeXt.forward` records around a fast-path pass.
 PROFILER_RANGE = 'mmdccnext::DCCNeXt.inference_fast_path'
@@ -91,7 +93,12 @@ class Workspace:
         return buf[:rows * channels].view(*like.shape[:-1], channels)
 
     def linear(self, linear, x, key):
-        """``linear(x)`` of channels-last ``x``, written into the buffer ``key``."""
+        """``linear(x)`` of channels-last ``x``: oneDNN's where the module computes it so
+        (:class:`~mmdccnext.ops.linear.OneDNNLinear`, a small output), else ATen's written
+        into the buffer ``key``."""
+        if isinstance(linear, OneDNNLinear) and linear_ops.applies(x, linear.weight,
+                                                                   linear.max_output_bytes):
+            return linear_ops.onednn_linear(x, linear.weight, linear.bias)
         out = self.buffer(key, x, linear.out_features)
         torch.addmm(linear.bias, x.reshape(-1, x.shape[-1]), linear.weight.t(),
                     out=out.view(-1, out.shape[-1]))

@@ -33,7 +33,7 @@ from torch import nn
 
 from mmdccnext.ops import depthwise
 from mmdccnext.ops.dcconv import is_recording
-from mmdccnext.ops.linear import narrow_linear
+from mmdccnext.ops.linear import FRESH_PAGES_BYTES, onednn_linear
 from .inference import hooked
 
 aten = torch.ops.aten
@@ -86,7 +86,7 @@ def ffn_forward(x, w1, b1, wd, bd, w2, b2, approximate, gelu_buffer=None):
     fc2 reads, is written into ``gelu_buffer(pre)`` (a tensor shaped and strided as ``pre``)
     when given, else into a new tensor."""
     B, H, W, C = x.shape
-    h1 = aten.addmm(b1, x.view(-1, C), w1.t()).view(B, H, W, -1)
+    h1 = onednn_linear(x, w1, b1, FRESH_PAGES_BYTES)  # fc1 as the module computes it
     # the module's kernel where DepthwiseConv2d would run it (same_depthwise holds): the same bits
     if depthwise.applies(h1, wd):
         pre = depthwise.forward(h1, wd, bd)
@@ -95,7 +95,7 @@ def ffn_forward(x, w1, b1, wd, bd, w2, b2, approximate, gelu_buffer=None):
         pre = pre.permute(0, 2, 3, 1)  # a view: oneDNN keeps the channels-last layout
     h3 = torch._C._nn.gelu(pre, approximate=approximate,
                            out=None if gelu_buffer is None else gelu_buffer(pre))
-    out = narrow_linear(h3, w2, b2)  # fc2 as the module computes it (OneDNNLinear)
+    out = onednn_linear(h3, w2, b2)  # fc2 as the module computes it
     return out, h1, pre
 
 
@@ -124,7 +124,7 @@ def ffn_backward(grad, x, w1, h1, wd, pre, w2, approximate, hidden, need_grad_x=
             *depthwise.conv_args(wd), [True, True, True])
         grad_h1 = grad_h1.permute(0, 2, 3, 1).reshape(B * H * W, -1)
     # a narrow product like fc2's: oneDNN where it applies (mmdccnext.ops.linear)
-    grad_x = narrow_linear(grad_h1, w1.t()).view(B, H, W, C) if need_grad_x else None
+    grad_x = onednn_linear(grad_h1, w1.t()).view(B, H, W, C) if need_grad_x else None
     grad_w1 = aten.mm(grad_h1.t(), x.view(-1, C))
     grad_b1 = aten.sum(grad_h1, [0], True).view(-1)
     # grad_wd.contiguous(): a view for a depthwise kernel, the parameter's layout as eager's

@@ -1,8 +1,10 @@
-"""Benchmark the Conv-FFN's 3x3 depthwise convolution: the extension's kernels against the
-oneDNN calls DCCNeXt made before them, on DCCNeXt-B2's Conv-FFN maps.
+"""Benchmark the Conv-FFN's kernels against what DCCNeXt ran before them, on DCCNeXt-B2's
+shapes: the extension's depthwise convolutions against oneDNN's, and oneDNN's matmul for the
+narrow products against ATen's ``addmm`` / ``mm`` (MKL's sgemm in PyTorch's x86 builds).
 
-Three comparisons per map (channels-last ``(B, H, W, 6C)``, float32), each in one process,
-round robin (every repetition times both sides one after the other), medians and ratios:
+Each comparison runs in one process, round robin (every repetition times both sides one after
+the other), medians and ratios. On the Conv-FFN's maps (channels-last ``(B, H, W, 6C)``,
+float32):
 
 * ``forward into a buffer``: the inference fast path; ours writing into a reused buffer
   against oneDNN's in-place ``out += conv(x)`` on the zeroed buffer.
@@ -11,13 +13,20 @@ round robin (every repetition times both sides one after the other), medians and
 * ``backward``: the training node's; ours writing the input gradient into a reused buffer
   against ``aten.convolution_backward`` (input, weight and bias gradients).
 
-And the backward of the 7x7 depthwise mixers of stages 1-2 (channels-last ``(B, H, W, C)``):
+The backward of the 7x7 depthwise mixers of stages 1-2 (channels-last ``(B, H, W, C)``):
 ``depthwise.conv_backward`` (oneDNN's input gradient, the extension's weight and bias
 gradients) against ``aten.convolution_backward``.
 
-The kernels run the ISA the extension picks (``MMDCCNEXT_CPU_ISA`` forces one). Example::
+The linear layers (:mod:`mmdccnext.ops.linear`; rows, 6C, C): ``fc2 forward``,
+``onednn_linear`` against ``F.linear``; ``fc1 input gradient`` (the training node's),
+``onednn_linear`` of the transposed weight against ``torch.mm``; ``fc1 forward into a
+buffer`` (the inference fast path's), oneDNN's new output up to ``FRESH_PAGES_BYTES`` and
+``addmm`` into the buffer beyond, against ``addmm`` into the buffer.
 
-    python tools/analysis/benchmark_depthwise.py --threads 1 --repeat 7
+The depthwise kernels run the ISA the extension picks (``MMDCCNEXT_CPU_ISA`` forces one);
+oneDNN and MKL pick their own. Example::
+
+    python tools/analysis/benchmark_ffn_kernels.py --threads 1 --repeat 7
 """
 import argparse
 import os
@@ -25,9 +34,10 @@ import statistics
 import time
 
 import torch
+import torch.nn.functional as F
 
 from mmdccnext.deployment.benchmark import machine
-from mmdccnext.ops import cpu_impl, depthwise
+from mmdccnext.ops import cpu_impl, depthwise, linear
 
 #: B2's Conv-FFN maps (B, H, W, 6C): a training batch of 224^2 images, one 1280x800 image
 SHAPES = {
@@ -39,6 +49,14 @@ SHAPES = {
 
 #: B2's 7x7 mixer maps (B, H, W, C), stages 1-2 of a training batch of 224^2 images
 MIXER_SHAPES = {'training 224² b16': [(16, 56, 56, 64), (16, 28, 28, 128)]}
+
+#: B2's Conv-FFN linear layers (rows, 6C, C), the same maps as SHAPES
+LINEAR_SHAPES = {
+    'training 224² b16': [(50176, 384, 64), (12544, 768, 128), (3136, 1920, 320),
+                          (784, 3072, 512)],
+    'inference 1280×800 b1': [(64000, 384, 64), (16000, 768, 128), (4000, 1920, 320),
+                              (1000, 3072, 512)],
+}
 
 
 def _random(shape, kernel_size):
@@ -83,6 +101,28 @@ def mixer_comparisons(shape):
     }
 
 
+def linear_comparisons(shape):
+    """{name: (ours, before)} for the narrow products on ``shape`` (rows, 6C, C)."""
+    rows, hidden, C = shape
+    gen = torch.Generator().manual_seed(0)
+    x, h = torch.randn(rows, C, generator=gen), torch.randn(rows, hidden, generator=gen)
+    w1, b1 = torch.randn(hidden, C, generator=gen), torch.randn(hidden, generator=gen)
+    w2, b2 = torch.randn(C, hidden, generator=gen), torch.randn(C, generator=gen)
+    buf = torch.empty(rows, hidden)
+
+    def fc1_fast_path():
+        if linear.applies(x, w1, linear.FRESH_PAGES_BYTES):
+            return linear.onednn_linear(x, w1, b1)
+        return torch.addmm(b1, x, w1.t(), out=buf)
+
+    return {
+        'fc2 forward': (lambda: linear.onednn_linear(h, w2, b2), lambda: F.linear(h, w2, b2)),
+        'fc1 input gradient': (lambda: linear.onednn_linear(h, w1.t()), lambda: torch.mm(h, w1)),
+        'fc1 forward into a buffer': (fc1_fast_path,
+                                      lambda: torch.addmm(b1, x, w1.t(), out=buf)),
+    }
+
+
 def _timed(fn):
     t0 = time.perf_counter()
     fn()
@@ -100,11 +140,13 @@ def main(argv=None):
         parser.error(f'the C++ extension is not built ({cpu_impl.ext_error()})')
     torch.set_num_threads(args.threads)
     print(f'{machine()}; {os.cpu_count()} CPUs, torch {torch.__version__}')
-    print('| setting | map (B, H, W, C) | operation | ours ms | oneDNN ms | oneDNN ÷ ours |')
+    print('| setting | shape | operation | ours ms | before ms | before ÷ ours |')
     print('|---|---|---|---|---|---|')
     cases = [(setting, shape, comparisons) for setting, shapes in SHAPES.items()
              for shape in shapes]
     cases += [(setting, shape, mixer_comparisons) for setting, shapes in MIXER_SHAPES.items()
+              for shape in shapes]
+    cases += [(setting, shape, linear_comparisons) for setting, shapes in LINEAR_SHAPES.items()
               for shape in shapes]
     for setting, shape, calls in cases:
         for name, (ours, theirs) in calls(shape).items():

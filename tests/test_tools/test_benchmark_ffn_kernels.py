@@ -1,6 +1,6 @@
-"""The depthwise-convolution benchmark's machinery (no assertion on speed: the machine is
-shared): both sides of every comparison compute the same thing, and the table has a row per
-map and operation."""
+"""The Conv-FFN kernels' benchmark machinery (no assertion on speed: the machine is shared):
+both sides of every comparison compute the same thing, and the table has a row per shape and
+operation."""
 import importlib.util
 import os.path as osp
 
@@ -16,7 +16,8 @@ pytestmark = pytest.mark.skipif(
 
 def _tool():
     spec = importlib.util.spec_from_file_location(
-        'benchmark_depthwise_tool', osp.join(REPO, 'tools', 'analysis', 'benchmark_depthwise.py'))
+        'benchmark_ffn_kernels_tool',
+        osp.join(REPO, 'tools', 'analysis', 'benchmark_ffn_kernels.py'))
     tool = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tool)
     return tool
@@ -46,13 +47,19 @@ def test_both_sides_compute_the_same_mixer_gradients():
         torch.testing.assert_close(x, y)
 
 
+def test_both_sides_compute_the_same_products():
+    for ours, before in _tool().linear_comparisons((40, 24, 8)).values():
+        torch.testing.assert_close(ours(), before().clone())
+
+
 def test_table(monkeypatch, capsys):
     tool = _tool()
     monkeypatch.setattr(tool, 'SHAPES', {'tiny': [(1, 4, 5, 16), (2, 3, 3, 8)]})
     monkeypatch.setattr(tool, 'MIXER_SHAPES', {'tiny': [(1, 8, 9, 8)]})
+    monkeypatch.setattr(tool, 'LINEAR_SHAPES', {'tiny': [(30, 24, 8)]})
     tool.main(['--threads', '1', '--repeat', '2'])
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith('| tiny')]
-    assert len(rows) == 2 * 3 + 1
+    assert len(rows) == 2 * 3 + 1 + 3
     assert all(line.rstrip().endswith('× |') for line in rows)
     with pytest.raises(SystemExit):
         tool.main(['--repeat', '0'])
