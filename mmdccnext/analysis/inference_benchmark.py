@@ -386,7 +386,8 @@ def run_whole_benchmark(tasks=tuple(WHOLE_MODELS), threads=None, repeat=5, min_s
 # ------------------------------------------------------------------------------------
 _OP_KINDS = {
     'aten::linear': 'Linear', 'aten::addmm': 'Linear', 'aten::mm': 'Linear',
-    'aten::matmul': 'Linear', 'aten::layer_norm': 'LayerNorm',
+    'aten::matmul': 'Linear', 'mkldnn::_linear_pointwise': 'Linear',  # mmdccnext/ops/linear.py
+    'aten::layer_norm': 'LayerNorm',
     'aten::native_layer_norm': 'LayerNorm', 'aten::gelu': 'GELU', 'aten::gelu_': 'GELU',
     'aten::batch_norm': 'BatchNorm', 'aten::relu': 'ReLU', 'aten::relu_': 'ReLU',
     # DCConv's torch.library ops (mmdccnext/ops/library.py) are profiler events of their own
@@ -397,6 +398,7 @@ _OP_KINDS = {
     # the Conv-FFN's convolution (mmdccnext/ops/depthwise.py): profiler ranges of their own
     'mmdccnext::depthwise3x3_forward': 'depthwise conv 3x3',
     'mmdccnext::depthwise3x3_backward': 'depthwise conv 3x3',
+    'mmdccnext::depthwise_weight_grad': 'depthwise conv 7x7',  # the mixers' (K = 7 only)
 }
 _CONV_OPS = ('aten::conv2d', 'aten::convolution', 'aten::_convolution',
              'aten::mkldnn_convolution', 'aten::convolution_backward')

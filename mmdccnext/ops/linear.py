@@ -28,13 +28,18 @@ from .dcconv import is_recording
 
 @functools.lru_cache(maxsize=None)
 def _onednn_linear():
-    """oneDNN's linear op, or None where this build of PyTorch lacks it."""
+    """oneDNN's linear op, or None where this build of PyTorch lacks it or the op fails a
+    probe on this machine (checked once: a private op, so a build may register it without
+    supporting it here; the layers then stay ``nn.Linear``'s)."""
     if not torch.backends.mkldnn.is_available():
         return None
     try:
-        return torch.ops.mkldnn._linear_pointwise.default
+        op = torch.ops.mkldnn._linear_pointwise.default
+        # small integers: the product is exact in any summation order
+        got = op(torch.ones(2, 3), torch.ones(4, 3), torch.ones(4), 'none', [], '')
     except (AttributeError, RuntimeError):
         return None
+    return op if torch.equal(got, torch.full((2, 4), 4.)) else None
 
 
 #: Output size from which ``fc1`` is left to ATen (:attr:`OneDNNLinear.max_output_bytes`).

@@ -159,3 +159,34 @@ def test_state_dict_is_nn_linears():
     with torch.no_grad():
         torch.testing.assert_close(layer(x), plain(x), rtol=0,
                                    atol=_bound(x, layer.weight, layer.bias).max().item())
+
+
+@pytest.fixture
+def fresh_probe():
+    linear._onednn_linear.cache_clear()
+    yield
+    linear._onednn_linear.cache_clear()
+
+
+def test_a_build_whose_op_fails_its_probe_keeps_nn_linear(fresh_probe, monkeypatch):
+    """No oneDNN, or an op that raises or computes wrongly here: None, and the layers run
+    nn.Linear's forward."""
+    monkeypatch.setattr(torch.backends.mkldnn, 'is_available', lambda: False)
+    assert linear._onednn_linear() is None
+    monkeypatch.undo()
+
+    class Broken:
+        def __init__(self, fn):
+            self.default = fn
+
+    def raises(*args):
+        raise RuntimeError('not supported on this CPU')
+
+    for fn in (raises, lambda x, w, b, *rest: torch.zeros(x.shape[0], w.shape[0])):
+        linear._onednn_linear.cache_clear()
+        monkeypatch.setattr(torch.ops.mkldnn, '_linear_pointwise', Broken(fn), raising=False)
+        assert linear._onednn_linear() is None
+        layer, x = _layer(6, 2), randn(3, 6)
+        assert not linear.applies(x, layer.weight)
+        with torch.no_grad():
+            assert torch.equal(layer(x), F.linear(x, layer.weight, layer.bias))

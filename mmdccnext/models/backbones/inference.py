@@ -10,7 +10,9 @@ What. When :func:`fast_path_applies`, :meth:`DCCNeXt.forward` makes one :class:`
 that call and hands it to every block. The blocks then
 
 * write ``fc1``'s output and the depthwise convolution's output into two buffers of the
-  workspace, which all blocks of the pass reuse,
+  workspace, which all blocks of the pass reuse (``fc1``'s where the module leaves it to
+  ATen, an output over 32 MiB; a smaller one is oneDNN's new tensor, as the module computes
+  it: :class:`~mmdccnext.ops.linear.OneDNNLinear`),
 * write the depthwise convolution into its buffer with the kernel the module runs
   (:class:`~mmdccnext.ops.depthwise.DepthwiseConv2d`: the C++ extension's), or, where the
   module runs ``nn.Conv2d``'s forward, with oneDNN's in-place ``out += conv(x)`` on the
