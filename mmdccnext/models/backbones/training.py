@@ -23,9 +23,9 @@ The same kernels as plain autograd (ATen's, the depthwise convolution's of
 :mod:`mmdccnext.ops.depthwise` and the linear layers' of :mod:`mmdccnext.ops.linear` as the
 modules run them), called with the same operands, except that the gradient of fc1's input (a
 narrow product like fc2) is oneDNN's too: the gradients equal the plain modules' up to float
-rounding (``tests/test_models/test_training_node.py``). The buffers belong to one forward pass (a :class:`Scratch` made by :meth:`DCCNeXt.forward` and
-held by that pass's nodes): models, threads and graphs never share them. Measured: see
-docs/en/benchmarks.md.
+rounding (``tests/test_models/test_training_node.py``). The buffers belong to one forward
+pass (a :class:`Scratch` made by :meth:`DCCNeXt.forward` and held by that pass's nodes):
+models, threads and graphs never share them. Measured: see docs/en/benchmarks.md.
 """
 import torch
 from torch import nn
