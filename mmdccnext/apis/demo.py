@@ -81,6 +81,13 @@ def draw_predictions(config, checkpoint, images, ann_file, out_file, scale=3, sc
     return counts
 
 
+def latest_log(work_dir):
+    """The newest training log under ``work_dir`` (earlier demos' runs stay beside it), or
+    None."""
+    logs = glob.glob(osp.join(work_dir, '*', '*.log'))
+    return max(logs, key=osp.getmtime) if logs else None
+
+
 def train_command(python, work_dir, extra_train_args=()):
     """The demo's ``tools/train.py`` command line; ``extra_train_args`` come last, so that a
     user's ``--cfg-options`` add to the demo's (MMEngine merges repeated ``--cfg-options``)."""
@@ -114,7 +121,7 @@ def main(repo, work_dir='work_dirs/demo', extra_train_args=()):
     counts = draw_predictions(
         osp.join(repo, DEMO_CONFIG), checkpoint, images,
         osp.join(repo, DATA_ROOT, 'annotations', 'instances_val2017.json'), picture)
-    logs = sorted(glob.glob(osp.join(repo, work_dir, '*', '*.log')))
+    log = latest_log(osp.join(repo, work_dir))
     print('\n[demo] ===== summary =====')
     print(f'[demo] trained DCCNeXt-B0 RetinaNet on synthetic COCO in {trained - start:.0f} s '
           f'with the data (CPU, {os.cpu_count()} cores); evaluated in {evaluated - trained:.0f} '
@@ -122,7 +129,7 @@ def main(repo, work_dir='work_dirs/demo', extra_train_args=()):
     print(f'[demo] val bbox AP50 = {metrics.get("coco/bbox_mAP_50", float("nan")):.3f}, '
           f'AP = {metrics.get("coco/bbox_mAP", float("nan")):.3f} (pycocotools)')
     print(f'[demo] checkpoint: {checkpoint}')
-    print(f'[demo] train log:  {logs[0] if logs else "-"}')
+    print(f'[demo] train log:  {log or "-"}')
     print(f'[demo] picture:    {picture} ({len(images)} val images, ground truth left, '
           f'predictions right; {sum(counts)} boxes with score >= 0.3)')
     return metrics

@@ -1,11 +1,12 @@
 """`make demo`'s training command: no validation inside training (the demo evaluates the final
 checkpoint once, afterwards), and a user's ``--cfg-options`` still reach tools/train.py."""
 import importlib.util
+import os
 import os.path as osp
 
 from mmengine.runner import Runner
 
-from mmdccnext.apis.demo import DEMO_CONFIG, train_command
+from mmdccnext.apis.demo import DEMO_CONFIG, latest_log, train_command
 from mmdccnext.apis.runner import load_config
 
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
@@ -36,3 +37,19 @@ def test_demo_trains_without_validation_and_keeps_the_users_options(tmp_path):
     assert runner.val_loop is None
     # the evaluation the demo runs afterwards reads the unchanged test split
     assert cfg.test_dataloader.dataset.ann_file == plain.test_dataloader.dataset.ann_file
+
+
+def test_the_summary_names_the_newest_training_log(tmp_path):
+    """A work dir keeps earlier demos' runs: the summary names this run's log (it named the
+    oldest before)."""
+    assert latest_log(str(tmp_path)) is None
+    logs = []
+    for stamp, mtime in [('20261207_064516', 2000), ('20261207_032825', 1000)]:
+        (tmp_path / stamp).mkdir()
+        log = tmp_path / stamp / f'{stamp}.log'
+        log.write_text('log')
+        os.utime(log, (mtime, mtime))
+        logs.append(str(log))
+    (tmp_path / 'test' / 'x').mkdir(parents=True)
+    (tmp_path / 'test' / 'x' / 'x.log').write_text('the evaluation\'s log')
+    assert latest_log(str(tmp_path)) == logs[0]
