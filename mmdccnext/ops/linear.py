@@ -4,7 +4,7 @@ Why. For the Conv-FFN's products ATen's ``addmm`` / ``mm`` (MKL's sgemm in PyTor
 builds) ran slower than oneDNN's matmul, which PyTorch ships for its own compiler
 (``torch.ops.mkldnn._linear_pointwise``, what inductor calls for a frozen linear layer). Most
 for the narrow products, which reduce over rC values (r = 6) and write only C per row: ``fc2``
-and the gradient of ``fc1``'s input, 1.07-1.54x, e.g. (50176, 384) x (384, 64) 39.9 -> 26.0 ms
+and the gradient of ``fc1``'s input, 1.07-1.56x, e.g. (50176, 384) x (384, 64) 39.9 -> 26.0 ms
 (DCCNeXt-B2 at 224 x 224 b16). For ``fc1`` (C -> rC), 1.06-1.21x while its output is small;
 a large output is another matter (:data:`FRESH_PAGES_BYTES`). AMD EPYC Zen 4, 1 thread;
 ``tools/analysis/benchmark_ffn_kernels.py``.
@@ -66,11 +66,15 @@ def applies(x, weight, max_output_bytes=None):
             and not is_recording() and _onednn_linear() is not None)
 
 
+def _matmul(x, weight, bias):
+    return _onednn_linear()(x, weight, bias, 'none', [], '')  # no fused activation
+
+
 def onednn_linear(x, weight, bias=None, max_output_bytes=None):
     """``x @ weight.T + bias`` over the last axis of ``x`` (any leading shape), without
     autograd: oneDNN's matmul where :func:`applies`, else ``F.linear``."""
     if applies(x, weight, max_output_bytes):
-        return _onednn_linear()(x, weight, bias, 'none', [], '')
+        return _matmul(x, weight, bias)
     return F.linear(x, weight, bias)
 
 
@@ -81,7 +85,7 @@ class LinearFunction(torch.autograd.Function):
     def forward(ctx, x, weight, bias):
         ctx.save_for_backward(x, weight)
         ctx.has_bias = bias is not None
-        return _onednn_linear()(x, weight, bias, 'none', [], '')
+        return _matmul(x, weight, bias)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
@@ -116,4 +120,4 @@ class OneDNNLinear(nn.Linear):
         params = (self.weight, ) if self.bias is None else (self.weight, self.bias)
         if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in params)):
             return LinearFunction.apply(x, self.weight, self.bias)
-        return _onednn_linear()(x, self.weight, self.bias, 'none', [], '')
+        return _matmul(x, self.weight, self.bias)
