@@ -47,8 +47,12 @@ def test_both_sides_compute_the_same_mixer_gradients():
         torch.testing.assert_close(x, y)
 
 
-def test_both_sides_compute_the_same_products():
-    for ours, before in _tool().linear_comparisons((40, 24, 8)).values():
+@pytest.mark.parametrize('fc1_limit', ['default', 0])
+def test_both_sides_compute_the_same_products(fc1_limit, monkeypatch):
+    tool = _tool()
+    if fc1_limit != 'default':  # fc1's output over the limit: ATen's product into a buffer
+        monkeypatch.setattr(tool.linear, 'FRESH_PAGES_BYTES', fc1_limit)
+    for ours, before in tool.linear_comparisons((40, 24, 8)).values():
         torch.testing.assert_close(ours(), before().clone())
 
 
