@@ -110,9 +110,11 @@ def test_a_compiled_backbone_holds_the_ops_and_equals_eager():
         assert torch.equal(a, e)
 
 
-def test_without_autograd_a_compiled_backbone_runs_the_fast_path_as_one_op():
+@pytest.mark.parametrize('out_channels_last', [False, True])
+def test_without_autograd_a_compiled_backbone_runs_the_fast_path_as_one_op(out_channels_last):
     torch.manual_seed(0)
-    model = DCCNeXt('b0', out_indices=(1, 2, 3), gap_before_final_norm=False).eval()
+    model = DCCNeXt('b0', out_indices=(1, 2, 3), gap_before_final_norm=False,
+                    out_channels_last=out_channels_last).eval()
     x = randn(2, 3, 72, 56, seed=7)
     with torch.no_grad():
         explained = torch._dynamo.explain(model)(x)
@@ -124,6 +126,7 @@ def test_without_autograd_a_compiled_backbone_runs_the_fast_path_as_one_op():
             torch._dynamo.reset()
             compiled = torch.compile(model, backend=backend, fullgraph=True)(x)
             assert [c.shape for c in compiled] == [e.shape for e in eager]
+            assert [c.stride() for c in compiled] == [e.stride() for e in eager], backend
             for c, e in zip(compiled, eager):
                 assert torch.equal(c, e), backend
 

@@ -2,7 +2,9 @@ import copy
 
 import pytest
 import torch
+from mmengine.config import Config
 
+from mmdccnext.apis import config_file
 from mmdccnext.models import DCCNeXt
 from mmdccnext.models.heads import DCCNeXtClsHead
 from mmdccnext.ops import DCConv
@@ -53,6 +55,31 @@ def test_out_indices_and_gap(out_indices, expected):
     assert [o.shape for o in outs] == [(2, ARCHS['b0']['channels'][i]) for i in expected]
     for i in range(4):
         assert hasattr(model, f'norm{i}') == (i in expected)
+
+
+def test_out_channels_last_hands_the_same_maps_as_channels_last_views():
+    torch.manual_seed(0)
+    model = DCCNeXt('b0', out_indices=(0, 1, 2, 3), gap_before_final_norm=False).eval()
+    cl = copy.deepcopy(model)
+    cl.out_channels_last = True
+    x = _input(64)
+    for grad in (False, True):  # the inference fast path, and autograd
+        with torch.set_grad_enabled(grad):
+            expected, got = model(x), cl(x)
+        for e, g in zip(expected, got):
+            assert e.is_contiguous() and not g.is_contiguous()
+            assert g.is_contiguous(memory_format=torch.channels_last)
+            assert torch.equal(g.detach(), e.detach())
+    sum(o.sum() for o in expected).backward()
+    sum(o.sum() for o in got).backward()
+    for (name, p), q in zip(model.named_parameters(), cl.parameters()):
+        assert torch.equal(p.grad, q.grad), name
+    # the configs of models without RoI operators set it, the two-stage detectors do not
+    for name, expected_flag in (('retinanet_dccnext-b2_fpn_1x_coco', True),
+                                ('fpn_dccnext-b2_4xb8-40k_ade20k-512x512', True),
+                                ('mask-rcnn_dccnext-b2_fpn_1x_coco', False)):
+        backbone = Config.fromfile(config_file(name)).model.backbone
+        assert backbone.get('out_channels_last', False) is expected_flag, name
 
 
 def test_odd_input_size_and_single_image():

@@ -8,7 +8,9 @@ depthwise convolutions see it permuted to ``(B, C, H, W)``, which is a tensor in
 and permuting back is again a view. The only layout copies are the image's, made
 channels_last for the stem, and the maps returned to a neck (contiguous ``(B, C, H, W)``, as
 MMPretrain's ConvNeXt returns them: MMCV's CPU RoIAlign, for one, reads its input as
-contiguous NCHW memory and silently returns wrong values for a channels_last map).
+contiguous NCHW memory and silently returns wrong values for a channels_last map), unless
+``out_channels_last`` hands them over as channels-last views (necks and heads without such
+operators then run channels-last too, faster on the CPU).
 
 Without autograd on the CPU the backbone takes a fast path by itself: the blocks reuse
 buffers across one forward pass and work in place, with bit-identical results
@@ -260,6 +262,15 @@ class DCCNeXt(BaseModule):
             global average pool of the stage, then its LayerNorm, shape ``(B, C)``.
             ``False`` (detection/segmentation): each output is the normed map
             ``(B, C, H, W)``.
+        out_channels_last (bool): Hand the maps ``(B, C, H, W)`` to the neck in
+            ``torch.channels_last`` memory (a view of the backbone's own layout) instead of
+            contiguous NCHW memory (a copy each). The neck's and heads' convolutions then run
+            channels-last too, which oneDNN computes faster on the CPU (measured in
+            docs/en/benchmarks.md). Only for heads
+            whose operators honour memory formats: MMCV's RoIAlign reads its input as
+            contiguous NCHW memory and silently returns wrong values for channels-last maps,
+            so keep ``False`` (the default) for two-stage detectors such as Mask R-CNN. Our
+            RetinaNet and Semantic FPN configs set it.
         kernel_sizes (Sequence[int | None]): Per stage, ``None`` for the 7x7 depthwise
             conv mixer or the DCConv cluster size K. Defaults to ``(None, None, 12, 18)``.
         subvector_stride (int): DCConv sub-vector sampling interval d. Defaults to 8.
@@ -289,6 +300,7 @@ class DCCNeXt(BaseModule):
                  layer_scale_init_value=1e-6,
                  with_cp=False,
                  gap_before_final_norm=True,
+                 out_channels_last=False,
                  kernel_sizes=(None, None, 12, 18),
                  subvector_stride=8,
                  dcconv_impl='auto',
@@ -355,6 +367,7 @@ class DCCNeXt(BaseModule):
         self.frozen_stages = frozen_stages
         self.norm_eval = norm_eval
         self.gap_before_final_norm = gap_before_final_norm
+        self.out_channels_last = bool(out_channels_last)
         self.subvector_stride = subvector_stride
         self.drop_path_rate = drop_path_rate
 
@@ -434,8 +447,9 @@ class DCCNeXt(BaseModule):
                 norm = getattr(self, f'norm{i}')
                 if self.gap_before_final_norm:
                     outs.append(norm(x.mean((1, 2))))
-                else:
-                    outs.append(norm(x).permute(0, 3, 1, 2).contiguous())
+                else:  # (B, C, H, W) as a view of the channels-last map, or copied to NCHW
+                    out = norm(x).permute(0, 3, 1, 2)
+                    outs.append(out if self.out_channels_last else out.contiguous())
         return tuple(outs)
 
     def _freeze_stages(self):
