@@ -266,11 +266,11 @@ class DCCNeXt(BaseModule):
             ``torch.channels_last`` memory (a view of the backbone's own layout) instead of
             contiguous NCHW memory (a copy each). The neck's and heads' convolutions then run
             channels-last too, which oneDNN computes faster on the CPU (measured in
-            docs/en/benchmarks.md). Only for heads
-            whose operators honour memory formats: MMCV's RoIAlign reads its input as
-            contiguous NCHW memory and silently returns wrong values for channels-last maps,
-            so keep ``False`` (the default) for two-stage detectors such as Mask R-CNN. Our
-            RetinaNet and Semantic FPN configs set it.
+            docs/en/benchmarks.md). Only for heads whose operators honour memory formats:
+            MMCV's RoIAlign reads its input as contiguous NCHW memory and silently returns
+            wrong values for channels-last maps, so keep ``False`` (the default) for
+            two-stage detectors such as Mask R-CNN. Our RetinaNet and Semantic FPN configs
+            set it.
         kernel_sizes (Sequence[int | None]): Per stage, ``None`` for the 7x7 depthwise
             conv mixer or the DCConv cluster size K. Defaults to ``(None, None, 12, 18)``.
         subvector_stride (int): DCConv sub-vector sampling interval d. Defaults to 8.

@@ -33,8 +33,8 @@ struct DwVec {
 constexpr int kDwPoints = DCCONV_VEC_BYTES == 64 ? 4 : 2;
 // Interior positions of one step of the weight gradient (its sums stay in memory).
 constexpr int kDwGradPoints = 4;
-// The row below (y + 1) is read by the row kernel for the first time, from memory beyond the L2 cache on
-// large maps; the hardware prefetcher alone left the AVX2 copy waiting on it. Prefetching it
+// The row kernel reads the row below (y + 1) for the first time, from beyond the L2 cache on
+// large maps; with the hardware prefetcher alone the AVX2 copy waited on it. Prefetching it
 // this many positions ahead (measured, one thread, AMD EPYC Zen 4, a (1, 200, 320, 384) map:
 // stage 1 of B2 at 1280 x 800): AVX2 30.5 -> 21.5 ms, AVX-512 21.5 -> 20.3 ms; 2 and 8
 // positions ahead, or all three rows, gained less; the weight gradient (its sums in memory)
