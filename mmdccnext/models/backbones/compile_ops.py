@@ -239,13 +239,7 @@ def fast_path_op(x: torch.Tensor, params: list[torch.Tensor], key: int) -> list[
 
 @fast_path_op.register_fake
 def _(x, params, key):
-    backbone = _BACKBONES[key]
-    return [
-        torch.empty(shape, dtype=x.dtype, device=x.device,
-                    memory_format=torch.channels_last if backbone.out_channels_last
-                    and len(shape) == 4 else torch.contiguous_format)
-        for shape in backbone._output_shapes(x.shape)
-    ]
+    return _BACKBONES[key]._empty_outputs(x)
 
 
 def fast_path(backbone, x):

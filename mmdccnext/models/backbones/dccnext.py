@@ -424,18 +424,21 @@ class DCCNeXt(BaseModule):
         scratch.release('forward')  # the backward pass allocates its own
         return outs
 
-    def _output_shapes(self, shape):
-        """The shapes of the outputs for images of ``shape`` (B, C, H, W)."""
-        B, _, H, W = shape
-        shapes = []
+    def _empty_outputs(self, x):
+        """Uninitialised tensors shaped and laid out as :meth:`_forward`'s outputs for the
+        images ``x`` (what the compiled fast path declares)."""
+        B, _, H, W = x.shape
+        layout = torch.channels_last if self.out_channels_last else torch.contiguous_format
+        outs = []
         for i, layer in enumerate(self.downsample_layers):
             conv = layer.conv
             H, W = ((n + 2 * p - d * (k - 1) - 1) // s + 1 for n, p, d, k, s in zip(
                 (H, W), conv.padding, conv.dilation, conv.kernel_size, conv.stride))
             if i in self.out_indices:
-                shapes.append((B, self.channels[i]) if self.gap_before_final_norm else
-                              (B, self.channels[i], H, W))
-        return shapes
+                outs.append(x.new_empty((B, self.channels[i])) if self.gap_before_final_norm
+                            else x.new_empty((B, self.channels[i], H, W)).contiguous(
+                                memory_format=layout))
+        return outs
 
     def _forward(self, x, workspace):
         outs = []
