@@ -224,20 +224,26 @@ struct MaskInt<double> {
 };
 
 // Bit l of the result: lane l (over the kPanelVecs vectors) is <= w. NaN lanes are not (an
-// ordered comparison). DCCONV_MASK picks the instructions: 1 / 2: one compare and one
-// movemask per vector (AVX / SSE2); 0: portable GCC vector code, the lanes' bits OR-reduced
-// into lane 0 by log2(L) shuffles (the AVX-512 copy keeps this, its tested form).
+// ordered comparison). DCCONV_MASK picks the instructions: 3: one compare into a mask
+// register per vector (AVX-512); 1 / 2: one compare and one movemask per vector (AVX /
+// SSE2); 0: portable GCC vector code, the lanes' bits OR-reduced into lane 0 by log2(L)
+// shuffles (no copy uses it on x86; it stays for other targets).
 template <typename T>
 DCCONV_INLINE uint32_t le_mask(const typename Vec<T>::type* a, T w) {
   typedef typename Vec<T>::type V;
   constexpr int L = Vec<T>::L;
   static_assert(kPanelVecs * L <= 32, "mask layout");
   const V wv = V{} + w;
-#if DCCONV_MASK == 1 || DCCONV_MASK == 2
+#if DCCONV_MASK == 1 || DCCONV_MASK == 2 || DCCONV_MASK == 3
   uint32_t m = 0;
   for (int v = 0; v < kPanelVecs; ++v) {
     uint32_t mv;
-#if DCCONV_MASK == 1
+#if DCCONV_MASK == 3
+    if constexpr (std::is_same_v<T, float>)
+      mv = _mm512_cmp_ps_mask((__m512)a[v], (__m512)wv, _CMP_LE_OQ);
+    else
+      mv = _mm512_cmp_pd_mask((__m512d)a[v], (__m512d)wv, _CMP_LE_OQ);
+#elif DCCONV_MASK == 1
     if constexpr (std::is_same_v<T, float>)
       mv = _mm256_movemask_ps(_mm256_cmp_ps((__m256)a[v], (__m256)wv, _CMP_LE_OQ));
     else
