@@ -1,8 +1,11 @@
 """The backbone's inference fast path (mmdccnext/models/backbones/inference.py): taken by
 itself without autograd, bit-identical to the plain forward, skipped wherever it is not safe,
-nothing shared between passes, models or threads, and what the libraries build takes it."""
+a classifier's buffers kept between passes but never shared between models or threads, and
+what the libraries build takes it."""
+import gc
 import os.path as osp
 import threading
+import weakref
 
 import pytest
 import torch
@@ -156,6 +159,93 @@ def test_buffers_are_reused_within_a_pass(fc1_limit, buffers, monkeypatch):
     # first block, and reused by the 12 others (fc1's output is oneDNN's new tensor where
     # it is small)
     assert sorted(allocated) == buffers
+
+
+def _made_buffers(monkeypatch):
+    """The keys of the workspace buffers allocated from now on, in order."""
+    made = []
+    buffer = inference.Workspace.buffer
+
+    def spy(self, key, like, channels):
+        before = self._buffers.get(key)
+        out = buffer(self, key, like, channels)
+        if self._buffers[key] is not before:
+            made.append(key)
+        return out
+
+    monkeypatch.setattr(inference.Workspace, 'buffer', spy)
+    return made
+
+
+def _classifier(seed=0):
+    return _model(seed, out_indices=(2, 3), gap_before_final_norm=True)
+
+
+def test_a_classifiers_buffers_are_kept_between_passes_until_training(monkeypatch):
+    model = _fc1_output_limit(_classifier(), 0)  # both buffers in use
+    made = _made_buffers(monkeypatch)
+    x, smaller = _input(96), _input(64, batch=1, seed=4)
+    expected = [_plain(model, x, monkeypatch), _plain(model, smaller, monkeypatch)]
+    with torch.no_grad():
+        first = model(x)
+        kept = [t.clone() for t in first]
+        assert sorted(made) == ['ffn_dwconv', 'ffn_hidden']
+        made.clear()
+        # the same buffers serve later passes, also of smaller inputs; a pass's outputs never
+        # live in them (the first pass's outputs are unchanged by the later ones)
+        _assert_equal(model(smaller), expected[1])
+        _assert_equal(model(x), expected[0])
+        assert made == []
+        _assert_equal(first, kept)
+        workspace = weakref.ref(inference.workspace_of(model))
+    model.train()  # training does not keep the inference buffers
+    gc.collect()
+    assert workspace() is None
+    model.eval()
+    with torch.no_grad():
+        _assert_equal(model(x), expected[0])
+    assert sorted(made) == ['ffn_dwconv', 'ffn_hidden']
+
+
+def test_a_backbone_handing_maps_to_a_neck_gets_new_buffers_every_pass(monkeypatch):
+    model = _fc1_output_limit(_model(), 0)  # (B, C, H, W) maps out
+    made = _made_buffers(monkeypatch)
+    expected = _plain(model, _input(), monkeypatch)
+    with torch.no_grad():
+        for _ in range(2):
+            _assert_equal(model(_input()), expected)
+    assert sorted(made) == ['ffn_dwconv', 'ffn_dwconv', 'ffn_hidden', 'ffn_hidden']
+    assert inference.workspace_of(model) is not inference.workspace_of(model)
+
+
+def test_a_threads_buffers_go_with_the_thread():
+    model = _classifier()
+    refs = []
+
+    def work():
+        with torch.no_grad():
+            model(_input(64))
+        refs.append(weakref.ref(inference.workspace_of(model)))
+
+    thread = threading.Thread(target=work)
+    thread.start()
+    thread.join()
+    gc.collect()
+    assert len(refs) == 1 and refs[0]() is None
+    with torch.no_grad():
+        model(_input(64))
+    assert inference.workspace_of(model)._buffers  # this thread's, kept
+
+
+def test_a_models_buffers_go_with_the_model():
+    model = _classifier()
+    with torch.no_grad():
+        model(_input(64))
+    workspace = weakref.ref(inference.workspace_of(model))
+    assert workspace()._buffers
+    del model
+    gc.collect()
+    assert workspace() is None
 
 
 def test_a_block_called_on_its_own_leaves_its_input_alone():

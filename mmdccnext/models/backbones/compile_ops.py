@@ -231,10 +231,10 @@ _BACKBONES = weakref.WeakValueDictionary()
 def fast_path_op(x: torch.Tensor, params: list[torch.Tensor], key: int) -> list[torch.Tensor]:
     """The outputs of the backbone ``key`` for the images ``x``, by its eager inference fast
     path. ``params`` (its parameters) are inputs so that the graph depends on them."""
-    from .inference import Workspace
+    from .inference import workspace_of
     backbone = _BACKBONES[key]
     with torch.no_grad(), torch.profiler.record_function(PROFILER_RANGE):
-        return list(backbone._forward(x, Workspace()))
+        return list(backbone._forward(x, workspace_of(backbone)))
 
 
 @fast_path_op.register_fake

@@ -33,7 +33,8 @@ from mmdccnext.ops.depthwise import DepthwiseConv2d
 from mmdccnext.ops.linear import FRESH_PAGES_BYTES, OneDNNLinear
 from mmdccnext.registry import MODELS
 from . import compile_ops, training
-from .inference import PROFILER_RANGE, Workspace, fast_path_applies
+from .inference import (PROFILER_RANGE, Workspace, fast_path_applies, release_workspaces,
+                        workspace_of)
 from .training import Scratch
 
 
@@ -416,7 +417,7 @@ class DCCNeXt(BaseModule):
             if torch.compiler.is_compiling():  # inductor cannot share buffers across blocks
                 return compile_ops.fast_path(self, x)
             with torch.profiler.record_function(PROFILER_RANGE):
-                return self._forward(x, Workspace())
+                return self._forward(x, workspace_of(self))
         if not torch.is_grad_enabled() or torch.compiler.is_compiling():
             return self._forward(x, None)
         scratch = Scratch()  # the Conv-FFN nodes' shared buffers (eager autograd)
@@ -464,6 +465,8 @@ class DCCNeXt(BaseModule):
 
     def train(self, mode=True):
         super().train(mode)
+        if mode:  # the inference fast path's buffers are not kept for training
+            release_workspaces(self)
         self._freeze_stages()
         if mode and self.norm_eval:
             for m in self.modules():
