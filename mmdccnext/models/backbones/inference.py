@@ -6,8 +6,9 @@ copy: 14 ms, recorded in docs/en/benchmarks.md). The Conv-FFN's rC-wide hidden m
 are the largest tensors of the network, written twice per block (``fc1`` and the 3x3
 depthwise convolution), and the residual additions write a C-wide map each.
 
-What. When :func:`fast_path_applies`, :meth:`DCCNeXt.forward` makes one :class:`Workspace` for
-that call and hands it to every block. The blocks then
+What. When :func:`fast_path_applies`, :meth:`DCCNeXt.forward` takes a :class:`Workspace`
+(:func:`workspace_of`: kept between passes or new, below) and hands it to every block. The
+blocks then
 
 * write ``fc1``'s output and the depthwise convolution's output into two buffers of the
   workspace, which all blocks of the pass reuse (``fc1``'s where the module leaves it to
