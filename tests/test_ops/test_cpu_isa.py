@@ -24,7 +24,8 @@ needs_ext = pytest.mark.skipif(
 pytestmark = needs_ext
 
 #: what each ISA's copy of the kernels is compiled for (common/isa_instantiate.h)
-FEATURES = {'avx512': {'avx512f', 'avx2', 'fma'}, 'avx2': {'avx2', 'fma'}, 'generic': set()}
+FEATURES = {'avx512': {'avx512f', 'avx2', 'fma', 'popcnt'}, 'avx2': {'avx2', 'fma', 'popcnt'},
+            'generic': set()}
 
 
 def unsupported_isas():
@@ -186,7 +187,7 @@ def test_cluster_odd_sizes(cpu_isa, dtype, C, d):
 def test_cluster_ties_duplicates_non_finite(cpu_isa, dot):
     ext._set_dot_screen(dot)
     try:
-        # all distances equal: every list fills to capacity and is resolved (cap = 2m + 32)
+        # all distances equal: every flush leaves more than m + 16 entries and is resolved
         idx = cluster_cpu(torch.zeros(1, 200, 64), 40, 8)
         expected = torch.tensor([[n] + [j for j in range(200) if j != n][:39] for n in range(200)])
         assert torch.equal(idx[0], expected)
@@ -204,6 +205,18 @@ def test_cluster_ties_duplicates_non_finite(cpu_isa, dot):
             assert torch.equal(idx, cluster_pytorch(x, K, d)), (K, d)
     finally:
         ext._set_dot_screen(True)
+
+
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float64])
+def test_cluster_many_panels(cpu_isa, dtype):
+    # rows that see over a hundred panels: the lists are flushed several times as the band
+    # tightens, in both screens; integer data ties exactly across flushes
+    g = torch.Generator().manual_seed(5)
+    smooth = torch.randn(1, 1500, 320, generator=g, dtype=dtype)
+    ties = torch.randint(-1, 2, (1, 1200, 64), generator=g).to(dtype)
+    for x, K, d in ((smooth, 12, 8), (smooth, 18, 16), (ties, 18, 8)):
+        idx = cluster_cpu(x, K, d)
+        assert torch.equal(idx, cluster_bruteforce(x, K, d)), (tuple(x.shape), K, d)
 
 
 def test_aggregation_forward_backward(cpu_isa):

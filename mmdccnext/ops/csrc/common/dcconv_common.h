@@ -37,8 +37,8 @@
 //
 // ISAs. The kernels are compiled three times in the same translation unit, each copy in its
 // own namespace with the vector width and register blocking its ISA wants:
-//   dcconv::avx512   #pragma GCC target("avx512f,avx2,fma"): 64-byte vectors (zmm)
-//   dcconv::avx2     #pragma GCC target("avx2,fma"):         32-byte vectors (ymm) + FMA
+//   dcconv::avx512   #pragma GCC target("avx512f,avx2,fma,popcnt"): 64-byte vectors (zmm)
+//   dcconv::avx2     #pragma GCC target("avx2,fma,popcnt"):  32-byte vectors (ymm) + FMA
 //   dcconv::generic  the baseline of the build (SSE2 on x86-64): 16-byte vectors
 // (GCC's target_clones cannot combine avx2 and fma in one clone, and an "arch=haswell" clone
 // is chosen by CPU *model*, which sent every AMD CPU to the baseline clone; 64-byte vectors
@@ -168,10 +168,10 @@ __attribute__((noinline)) T exact_sq_dist(const T* a, const T* b, int64_t D) {
 // Orders positions q by (key[q], idx[q]); a baseline-ISA functor for std::sort (a lambda
 // written inside ISA code would be an ISA function that the baseline std::sort cannot
 // inline).
-template <typename T>
+template <typename T, typename I = int64_t>
 struct KeyThenIndex {
   const T* key;
-  const int64_t* idx;
+  const I* idx;
   bool operator()(int64_t a, int64_t b) const {
     return key[a] < key[b] || (key[a] == key[b] && idx[a] < idx[b]);
   }

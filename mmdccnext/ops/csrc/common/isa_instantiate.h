@@ -48,7 +48,7 @@
 
 #if DCCONV_X86_ISAS
 #pragma GCC push_options
-#pragma GCC target("avx2,fma")
+#pragma GCC target("avx2,fma,popcnt")
 #define DCCONV_ISA avx2
 #define DCCONV_VEC_BYTES 32
 #define DCCONV_ROW_SUB 4
@@ -62,10 +62,11 @@
 #undef DCCONV_MASK
 #pragma GCC pop_options
 
-// avx512f already lets GCC emit FMA (it defines __FP_FAST_FMA, not __FMA__); fma is named too
-// so that the pragma states exactly the features cpu/isa.cpp checks.
+// avx512f already lets GCC emit FMA (it defines __FP_FAST_FMA, not __FMA__), and avx2 POPCNT
+// (the clustering counts the lanes it appends); fma and popcnt are named too so that the
+// pragmas state exactly the features cpu/isa.cpp checks.
 #pragma GCC push_options
-#pragma GCC target("avx512f,avx2,fma")
+#pragma GCC target("avx512f,avx2,fma,popcnt")
 #define DCCONV_ISA avx512
 #define DCCONV_VEC_BYTES 64
 #define DCCONV_ROW_SUB 4

@@ -22,16 +22,22 @@
 // for 16-byte (generic), 32-byte (AVX2) and 64-byte (AVX-512) vectors. Only which columns
 // share a register changes.
 //
-// Per row a candidate list is kept, sorted by (s, j), that provably contains the exact
-// top-(K-1) by (e, j) among the columns seen so far: if s_(m) is the m-th smallest screened
-// distance in the list, no column with s_j > band = screen(screen(s_(m))) can beat all of
-// those m columns, so such columns are never inserted and are trimmed from the tail. Near
-// ties (or exact ties, e.g. duplicated patches) can grow the list; when it reaches its
-// capacity it is "resolved": canonical distances are computed for its entries and only the
-// exact top-(K-1) is kept. At the end of the row the canonical distances of the (about K-1)
-// survivors are computed and sorted by (e, j). The result is therefore identical to
-// evaluating the canonical distance for every pair, at the cost of ~K canonical
-// evaluations per row.
+// Per row a candidate list is kept (unsorted) that provably contains the exact top-(K-1) by
+// (e, j) among the columns seen so far: if s_(m) is the m-th smallest screened distance in
+// the list, no column with s_j > band = screen(screen(s_(m))) can beat all of those m
+// columns, so such columns are never appended. The band only matters as an upper limit, so
+// it may lag: the blocks append every lane under the row's current band (a compare, a
+// compressed store, a count), and only when the list has grown by a few dozen entries is it
+// "flushed": the band is recomputed from the list's m-th smallest screened distance and the
+// entries above it are dropped. (Keeping the list sorted and the band exact at every
+// insertion cost a data-dependent branch per lane: about 95 insertions per row for
+// N = 4000, K = 12, mostly mispredicted.) Near ties (or exact ties, e.g. duplicated
+// patches) can leave many entries under the band; when more than a few dozen survive a
+// flush the list is "resolved": canonical distances are computed for its entries and only
+// the exact top-(K-1) is kept. At the end of the row the list is flushed once more and the
+// canonical distances of the (about K-1) survivors are computed and sorted by (e, j). The
+// result is therefore identical to evaluating the canonical distance for every pair, in
+// any order of the columns, at the cost of ~K canonical evaluations per row.
 //
 // Expansion screen. For images whose sub-vectors are all finite and D >= 8, the screen
 // reads the sub-vectors centred on the image mean, c_j = fl(x_j - mean) (distances are
@@ -98,15 +104,17 @@ inline T dot_band(T v, T E, int64_t D) {
   return r < std::numeric_limits<T>::max() / 4 ? r : std::numeric_limits<T>::infinity();
 }
 
-// Candidate list of one row (see above), sorted by (screened distance, index); storage is
-// provided by the caller.
+// Candidate list of one row (see above), unsorted; storage is provided by the caller. The
+// register blocks append the lanes under the band (append_lanes); the band is tightened
+// only when the list grows past a threshold (flush), which keeps the per-panel work free of
+// data-dependent branches: one mask, one compressed store, one count.
 template <typename T>
 struct RowCands {
-  T* sig;        // screened distances, ascending (ties: ascending index)
-  int64_t* idx;  // column indices
+  T* sig;        // screened distances
+  int32_t* idx;  // column indices (N < 2^31, checked by cluster_forward)
   T* ex;         // scratch for canonical distances
   int64_t n;     // entries
-  T band;        // insertion threshold on screened distances
+  T band;        // insertion threshold on screened distances (+inf: fewer than m entries)
   T eps;         // expansion screen: error bound E_i of the row; < 0: direct screen
 };
 
@@ -114,21 +122,17 @@ template <typename T>
 struct ListCtx {
   const T* srow;   // sub-vector of the row
   const T* s;      // sub-vectors of the image
-  int64_t D, m, cap;
-  std::vector<int64_t>* ord;  // scratch
-  std::vector<T>* tmp;        // scratch
-  std::vector<int64_t>* tmpi;  // scratch
+  int64_t D, m;
+  int64_t keep;    // entries a flush may leave before resolving near-ties exactly
+  int64_t flush_at;  // entries from which the list is flushed
+  std::vector<int64_t>* ord;   // scratch
+  std::vector<T>* tmp;         // scratch
+  std::vector<int32_t>* tmpi;  // scratch
 };
 
 template <typename T>
-inline void update_band(RowCands<T>& c, const ListCtx<T>& x) {
-  if (c.n < x.m) {
-    c.band = std::numeric_limits<T>::infinity();
-    return;
-  }
-  c.band = c.eps < 0 ? screen_bound<T>(screen_bound<T>(c.sig[x.m - 1], x.D), x.D)
-                     : dot_band<T>(c.sig[x.m - 1], c.eps, x.D);
-  while (c.n > x.m && c.sig[c.n - 1] > c.band) --c.n;
+inline T row_band(const RowCands<T>& c, const ListCtx<T>& x, T v) {
+  return c.eps < 0 ? screen_bound<T>(screen_bound<T>(v, x.D), x.D) : dot_band<T>(v, c.eps, x.D);
 }
 
 // Canonical distances of all entries and the permutation sorting them by (canonical, index).
@@ -138,78 +142,34 @@ void exact_order(RowCands<T>& c, const ListCtx<T>& x) {
   ord.resize(c.n);
   for (int64_t q = 0; q < c.n; ++q) {
     ord[q] = q;
-    c.ex[q] = exact_sq_dist<T>(x.srow, x.s + c.idx[q] * x.D, x.D);
+    c.ex[q] = exact_sq_dist<T>(x.srow, x.s + int64_t(c.idx[q]) * x.D, x.D);
   }
-  std::sort(ord.begin(), ord.end(), KeyThenIndex<T>{c.ex, c.idx});
+  std::sort(ord.begin(), ord.end(), KeyThenIndex<T, int32_t>{c.ex, c.idx});
 }
 
-// Keep only the exact top-m of the list (near-ties filled it up), in (screened, index) order.
+// Keep only the exact top-m of the list (near-ties filled it up); returns the largest
+// screened distance among them.
 template <typename T>
-void resolve_exact(RowCands<T>& c, const ListCtx<T>& x) {
+T resolve_exact(RowCands<T>& c, const ListCtx<T>& x) {
   exact_order(c, x);
   std::vector<int64_t>& ord = *x.ord;
-  const int64_t k = std::min(x.m, c.n);
-  ord.resize(k);
-  std::sort(ord.begin(), ord.end(), KeyThenIndex<T>{c.sig, c.idx});
   std::vector<T>& sg = *x.tmp;
-  std::vector<int64_t>& id = *x.tmpi;
+  std::vector<int32_t>& id = *x.tmpi;
+  const int64_t k = std::min(x.m, c.n);
   sg.resize(k);
   id.resize(k);
+  T top = -std::numeric_limits<T>::infinity();
   for (int64_t q = 0; q < k; ++q) {
     sg[q] = c.sig[ord[q]];
     id[q] = c.idx[ord[q]];
+    top = std::max(top, sg[q]);
   }
   for (int64_t q = 0; q < k; ++q) {
     c.sig[q] = sg[q];
     c.idx[q] = id[q];
   }
   c.n = k;
-}
-
-// Sort the entries by (screened distance, index): insertion sort, the lists are short.
-template <typename T>
-inline void sort_screened(RowCands<T>& c) {
-  for (int64_t q = 1; q < c.n; ++q) {
-    const T v = c.sig[q];
-    const int64_t j = c.idx[q];
-    int64_t pos = q;
-    while (pos > 0 && (c.sig[pos - 1] > v || (c.sig[pos - 1] == v && c.idx[pos - 1] > j))) {
-      c.sig[pos] = c.sig[pos - 1];
-      c.idx[pos] = c.idx[pos - 1];
-      --pos;
-    }
-    c.sig[pos] = v;
-    c.idx[pos] = j;
-  }
-}
-
-// Offer column j (screened distance sg <= band, NaN already mapped to +inf); j is larger
-// than every index already offered, so among equal screened distances it goes last.
-template <typename T>
-inline void offer(RowCands<T>& c, const ListCtx<T>& x, T sg, int64_t j) {
-  if (c.n == x.cap) {
-    resolve_exact(c, x);
-    update_band(c, x);
-    if (!(sg <= c.band)) return;
-  }
-  int64_t pos = c.n;
-  while (pos > 0 && c.sig[pos - 1] > sg) {
-    c.sig[pos] = c.sig[pos - 1];
-    c.idx[pos] = c.idx[pos - 1];
-    --pos;
-  }
-  c.sig[pos] = sg;
-  c.idx[pos] = j;
-  ++c.n;
-  if (pos < x.m) update_band(c, x);
-}
-
-template <typename T>
-void finish_row(RowCands<T>& c, const ListCtx<T>& x, int64_t* out) {
-  // the list holds every other patch (N - 1 <= m) or a superset of the exact top-m
-  exact_order(c, x);
-  const std::vector<int64_t>& ord = *x.ord;
-  for (int64_t q = 0; q < x.m; ++q) out[q] = c.idx[ord[q]];
+  return top;
 }
 
 template <typename T>
@@ -222,6 +182,56 @@ template <>
 struct MaskInt<double> {
   typedef int64_t type __attribute__((vector_size(DCCONV_VEC_BYTES)));
 };
+
+// The m-th smallest of a[0, n) (1 <= m <= n, no NaN): the smallest a[q] with at least m
+// values <= a[q]. Counted for a vector of q at a time against every value, without
+// branches (n is below a hundred); a[n, n + L) is scratch (padded with NaN, never <=).
+template <typename T>
+T mth_smallest(T* a, int64_t n, int64_t m) {
+  typedef typename Vec<T>::type V;
+  typedef T VU __attribute__((vector_size(DCCONV_VEC_BYTES), aligned(alignof(T))));
+  typedef typename MaskInt<T>::type M;
+  typedef std::remove_reference_t<decltype(M{}[0])> I;
+  constexpr int L = Vec<T>::L;
+  const T nan = std::numeric_limits<T>::quiet_NaN();
+  for (int l = 0; l < L; ++l) a[n + l] = nan;
+  const V inf = V{} + std::numeric_limits<T>::infinity();
+  V best = inf;
+  for (int64_t q0 = 0; q0 < n; q0 += L) {
+    const V vq = *reinterpret_cast<const VU*>(a + q0);
+    M count = M{};
+    for (int64_t w = 0; w < n; ++w) count -= (V{} + a[w]) <= vq;  // true is -1
+    best = count >= static_cast<I>(m) ? (vq < best ? vq : best) : best;
+  }
+  T r = best[0];
+  for (int l = 1; l < L; ++l) r = std::min<T>(r, best[l]);
+  return r;
+}
+
+// Tighten the band to the m-th smallest screened distance of the list and drop the entries
+// above it (no column above it can beat all of those m: see above); resolve near-ties
+// exactly when more than `keep` entries survive.
+template <typename T>
+void flush(RowCands<T>& c, const ListCtx<T>& x) {
+  if (c.n < x.m) return;  // the band stays +inf
+  c.band = row_band(c, x, mth_smallest(c.sig, c.n, x.m));
+  int64_t k = 0;
+  for (int64_t q = 0; q < c.n; ++q) {  // without a data-dependent branch
+    c.sig[k] = c.sig[q];
+    c.idx[k] = c.idx[q];
+    k += c.sig[q] <= c.band;
+  }
+  c.n = k;
+  if (c.n > x.keep) c.band = row_band(c, x, resolve_exact(c, x));
+}
+
+template <typename T>
+void finish_row(RowCands<T>& c, const ListCtx<T>& x, int64_t* out) {
+  // the list holds every other patch (N - 1 <= m) or a superset of the exact top-m
+  exact_order(c, x);
+  const std::vector<int64_t>& ord = *x.ord;
+  for (int64_t q = 0; q < x.m; ++q) out[q] = c.idx[ord[q]];
+}
 
 // Bit l of the result: lane l (over the kPanelVecs vectors) is <= w. NaN lanes are not (an
 // ordered comparison). DCCONV_MASK picks the instructions: 3: one compare into a mask
@@ -285,10 +295,73 @@ DCCONV_INLINE uint32_t le_mask(const typename Vec<T>::type* a, T w) {
 #endif
 }
 
+#if DCCONV_MASK == 1
+// vpermps indices that move the lanes set in an 8-bit mask to the front, in order (AVX2 has
+// no compress instruction).
+struct Compress8 {
+  alignas(32) int32_t perm[256][8];
+  constexpr Compress8() : perm{} {
+    for (int mask = 0; mask < 256; ++mask) {
+      int k = 0;
+      for (int lane = 0; lane < 8; ++lane)
+        if (mask >> lane & 1) perm[mask][k++] = lane;
+    }
+  }
+};
+inline constexpr Compress8 kCompress8{};
+#endif
+
+// Append the lanes of one row of a spilled block (PW screened distances of the columns j0,
+// j0 + 1, ...) whose bit is set in `mask` to the row's list. Float lists on AVX-512 and AVX2
+// compress each vector in registers and store it whole (the list has room for a panel past
+// its flush threshold), without a branch per lane; the other copies walk the bits.
+template <typename T>
+DCCONV_INLINE void append_lanes(RowCands<T>& c, const T* lanes, uint32_t mask, int64_t j0) {
+#if DCCONV_MASK == 3
+  if constexpr (std::is_same_v<T, float>) {
+    const __m512i iota = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
+    for (int v = 0; v < kPanelVecs; ++v) {
+      const __mmask16 mv = static_cast<__mmask16>(mask >> (16 * v));
+      const __m512i id =
+          _mm512_add_epi32(iota, _mm512_set1_epi32(static_cast<int32_t>(j0 + 16 * v)));
+      _mm512_storeu_ps(c.sig + c.n,
+                       _mm512_maskz_compress_ps(mv, _mm512_load_ps(lanes + 16 * v)));
+      _mm512_storeu_si512(c.idx + c.n, _mm512_maskz_compress_epi32(mv, id));
+      c.n += __builtin_popcount(mv);
+    }
+    return;
+  }
+#elif DCCONV_MASK == 1
+  if constexpr (std::is_same_v<T, float>) {
+    const __m256i iota = _mm256_set_epi32(7, 6, 5, 4, 3, 2, 1, 0);
+    for (int v = 0; v < kPanelVecs; ++v) {
+      const uint32_t mv = (mask >> (8 * v)) & 0xFFu;
+      const __m256i perm =
+          _mm256_load_si256(reinterpret_cast<const __m256i*>(kCompress8.perm[mv]));
+      const __m256i id =
+          _mm256_add_epi32(iota, _mm256_set1_epi32(static_cast<int32_t>(j0 + 8 * v)));
+      _mm256_storeu_ps(c.sig + c.n,
+                       _mm256_permutevar8x32_ps(_mm256_load_ps(lanes + 8 * v), perm));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(c.idx + c.n),
+                          _mm256_permutevar8x32_epi32(id, perm));
+      c.n += __builtin_popcount(mv);
+    }
+    return;
+  }
+#endif
+  while (mask) {
+    const int lane = __builtin_ctz(mask);
+    mask &= mask - 1;
+    c.sig[c.n] = lanes[lane];
+    c.idx[c.n] = static_cast<int32_t>(j0 + lane);
+    ++c.n;
+  }
+}
+
 #pragma GCC push_options
 #pragma GCC optimize("fp-contract=fast")
 // Rows [i0, i1) of image b: screening distances to all N patches, panel by panel, in
-// kRowSub x PW register blocks; lanes under a row's band are offered to its list.
+// kRowSub x PW register blocks; lanes under a row's band are appended to its list.
 // Everything in this push_options region may be FMA-contracted: only screening arithmetic
 // and bounds with margins (the canonical distance is exact_sq_dist, out of line).
 template <typename T, bool kDot>
@@ -305,13 +378,17 @@ DCCONV_INLINE void cluster_rows_impl(const ClusterArgs<T>& a, int64_t b, int64_t
     return;
   }
   const T inf = std::numeric_limits<T>::infinity();
-  const int64_t cap = 2 * m + 32;
+  // a flush leaves at most `keep` entries and happens from `flush_at` on; one more panel of
+  // whole-vector stores past it must fit
+  const int64_t keep = m + 16, flush_at = m + 32, cap = flush_at + PW + 16;
   std::vector<T> sig(R * cap), ex(R * cap);
-  std::vector<int64_t> ids(R * cap);
+  std::vector<int32_t> ids(R * cap);
   std::vector<RowCands<T>> cands(R);
-  std::vector<int64_t> ord, tmpi;
+  std::vector<int64_t> ord;
+  std::vector<int32_t> tmpi;
   std::vector<T> tmp;
   ord.reserve(cap);
+  tmp.reserve(cap);
   const T* s = a.s + b * N * D;
   const T* scr = a.scr + b * N * D;
   const T* panels = a.panels + b * a.P * D * PW;
@@ -326,10 +403,13 @@ DCCONV_INLINE void cluster_rows_impl(const ClusterArgs<T>& a, int64_t b, int64_t
     cands[r] = RowCands<T>{sig.data() + r * cap, ids.data() + r * cap, ex.data() + r * cap, 0,
                            inf, eps};
   }
+  const uint32_t all_lanes = PW == 32 ? 0xFFFFFFFFu : ((1u << PW) - 1u);
 
   for (int64_t p = 0; p < a.P; ++p) {
     const T* pan = panels + p * D * PW;
     const int64_t j0 = p * PW;
+    // lanes of real columns (the last panel is zero padded)
+    const uint32_t valid = N - j0 >= PW ? all_lanes : ((1u << (N - j0)) - 1u);
     for (int64_t r0 = 0; r0 < R; r0 += kRowSub) {
       const T* rp[kRowSub];
       for (int r = 0; r < kRowSub; ++r)
@@ -361,6 +441,10 @@ DCCONV_INLINE void cluster_rows_impl(const ClusterArgs<T>& a, int64_t b, int64_t
             acc[r][v] = (na + nb) - (acc[r][v] + acc[r][v]);
           }
         }
+      } else {  // NaN (non-finite images) screens as +inf: offered while a list is short
+        for (int r = 0; r < kRowSub; ++r)
+          for (int v = 0; v < kPanelVecs; ++v)
+            acc[r][v] = acc[r][v] == acc[r][v] ? acc[r][v] : V{} + inf;
       }
       // spill the block once (reading single lanes right after a vector store would stall
       // on store forwarding)
@@ -370,40 +454,16 @@ DCCONV_INLINE void cluster_rows_impl(const ClusterArgs<T>& a, int64_t b, int64_t
           *reinterpret_cast<V*>(&block[r][v * L]) = acc[r][v];
       const int rn = static_cast<int>(std::min<int64_t>(kRowSub, R - r0));
       for (int r = 0; r < rn; ++r) {
-        const T* lanes = block[r];
         RowCands<T>& cr = cands[r0 + r];
         const int64_t i = i0 + r0 + r;
-        uint32_t mask;
-        if (cr.n == 0) {
-          // first panel of the row: take all lanes at once, sort, trim to the band
-          for (int lane = 0; lane < PW && j0 + lane < N; ++lane) {
-            if (j0 + lane == i) continue;
-            cr.sig[cr.n] = std::isnan(lanes[lane]) ? inf : lanes[lane];
-            cr.idx[cr.n] = j0 + lane;
-            ++cr.n;
-          }
-          const ListCtx<T> ctx{s + i * D, s, D, m, cap, &ord, &tmp, &tmpi};
-          sort_screened(cr);
-          update_band(cr, ctx);
-          continue;
-        }
-        if (cr.band == inf) {  // list not full (or only +inf): offer every lane
-          mask = PW == 32 ? 0xFFFFFFFFu : ((1u << PW) - 1u);
-        } else {
-          // from the spilled block (acc itself would be spilled a second time)
-          mask = le_mask<T>(reinterpret_cast<const V*>(lanes), cr.band);
-          if (!mask) continue;
-        }
-        const ListCtx<T> ctx{s + i * D, s, D, m, cap, &ord, &tmp, &tmpi};
-        while (mask) {
-          const int lane = __builtin_ctz(mask);
-          mask &= mask - 1;
-          const int64_t j = j0 + lane;
-          if (j >= N) break;
-          if (j == i) continue;
-          T sg = lanes[lane];
-          if (std::isnan(sg)) sg = inf;
-          if (sg <= cr.band) offer<T>(cr, ctx, sg, j);
+        // from the spilled block (acc itself would be spilled a second time)
+        uint32_t mask = le_mask<T>(reinterpret_cast<const V*>(block[r]), cr.band) & valid;
+        if (i >= j0 && i < j0 + PW) mask &= ~(1u << (i - j0));  // not the row itself
+        if (!mask) continue;  // most panels, once the band is tight
+        append_lanes<T>(cr, block[r], mask, j0);
+        if (cr.n >= (cr.band == inf ? m : flush_at)) {
+          const ListCtx<T> ctx{s + i * D, s, D, m, keep, flush_at, &ord, &tmp, &tmpi};
+          flush<T>(cr, ctx);
         }
       }
     }
@@ -411,7 +471,8 @@ DCCONV_INLINE void cluster_rows_impl(const ClusterArgs<T>& a, int64_t b, int64_t
   for (int64_t r = 0; r < R; ++r) {
     const int64_t i = i0 + r;
     out[r * Kc] = i;
-    const ListCtx<T> ctx{s + i * D, s, D, m, cap, &ord, &tmp, &tmpi};
+    const ListCtx<T> ctx{s + i * D, s, D, m, keep, flush_at, &ord, &tmp, &tmpi};
+    flush<T>(cands[r], ctx);  // fewer canonical distances to compute
     finish_row<T>(cands[r], ctx, out + r * Kc + 1);
   }
 }

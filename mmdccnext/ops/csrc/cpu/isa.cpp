@@ -21,8 +21,8 @@ struct IsaSpec {
 // Best first. The features must be those of the target pragmas in common/isa_instantiate.h.
 const std::vector<IsaSpec>& specs() {
   static const std::vector<IsaSpec> all = {
-      {Isa::avx512, "avx512", {"avx512f", "avx2", "fma"}},
-      {Isa::avx2, "avx2", {"avx2", "fma"}},
+      {Isa::avx512, "avx512", {"avx512f", "avx2", "fma", "popcnt"}},
+      {Isa::avx2, "avx2", {"avx2", "fma", "popcnt"}},
       {Isa::generic, "generic", {}},
   };
   return all;
@@ -36,6 +36,7 @@ bool has_feature(const std::string& f) {
   if (f == "avx512f") return __builtin_cpu_supports("avx512f");
   if (f == "avx2") return __builtin_cpu_supports("avx2");
   if (f == "fma") return __builtin_cpu_supports("fma");
+  if (f == "popcnt") return __builtin_cpu_supports("popcnt");
 #endif
   (void)f;
   return false;
@@ -138,7 +139,7 @@ std::vector<std::string> supported_isas() {
 std::vector<std::pair<std::string, bool>> cpu_features() {
   std::vector<std::pair<std::string, bool>> out;
   if (!DCCONV_X86_ISAS) return out;
-  for (const char* f : {"avx512f", "avx2", "fma"}) out.emplace_back(f, has_feature(f));
+  for (const char* f : {"avx512f", "avx2", "fma", "popcnt"}) out.emplace_back(f, has_feature(f));
   return out;
 }
 
