@@ -207,14 +207,26 @@ def test_cluster_ties_duplicates_non_finite(cpu_isa, dot):
         ext._set_dot_screen(True)
 
 
+@pytest.fixture
+def threads():
+    """Sets torch's thread count for the test, restored afterwards."""
+    before = torch.get_num_threads()
+    yield torch.set_num_threads
+    torch.set_num_threads(before)
+
+
 @pytest.mark.parametrize('dtype', [torch.float32, torch.float64])
-def test_cluster_many_panels(cpu_isa, dtype):
+@pytest.mark.parametrize('nthreads', [1, 2])
+def test_cluster_many_panels(cpu_isa, dtype, nthreads, threads):
     # rows that see over a hundred panels: the lists are flushed several times as the band
-    # tightens, in both screens; integer data ties exactly across flushes
+    # tightens, in both screens; integer data ties exactly across flushes. One thread, or
+    # two threads and two images: one task per image, each pair screened once; two threads
+    # and one image: tasks of rows, every pair screened from both sides
+    threads(nthreads)
     g = torch.Generator().manual_seed(5)
-    smooth = torch.randn(1, 1500, 320, generator=g, dtype=dtype)
-    ties = torch.randint(-1, 2, (1, 1200, 64), generator=g).to(dtype)
-    for x, K, d in ((smooth, 12, 8), (smooth, 18, 16), (ties, 18, 8)):
+    smooth = torch.randn(2, 1500, 320, generator=g, dtype=dtype)
+    ties = torch.randint(-1, 2, (2, 1200, 64), generator=g).to(dtype)
+    for x, K, d in ((smooth, 12, 8), (smooth[:1], 18, 16), (ties, 18, 8), (ties[1:], 12, 8)):
         idx = cluster_cpu(x, K, d)
         assert torch.equal(idx, cluster_bruteforce(x, K, d)), (tuple(x.shape), K, d)
 

@@ -149,6 +149,7 @@ struct ClusterKernel {
   int panel_width;  // PW: columns per packed panel (= vector lanes x vectors per block)
   int block_rows;   // rows of one register block (row ranges are best multiples of it)
   void (*rows)(const ClusterArgs<T>& a, int64_t b, int64_t i0, int64_t i1);
+  void (*image)(const ClusterArgs<T>& a, int64_t b);  // all rows, each pair screened once
 };
 
 // Canonical distance (NaN -> +inf); compiled with fp-contract=off (the build default) for

@@ -20,26 +20,35 @@ ClusterKernel<float> cluster_kernel_for(Isa isa, float*) {
   switch (isa) {
 #if DCCONV_X86_ISAS
     case Isa::avx512:
-      return {avx512::kPanelWidthF32, avx512::kRowsPerBlock, &avx512::cluster_rows_f32};
+      return {avx512::kPanelWidthF32, avx512::kRowsPerBlock, &avx512::cluster_rows_f32,
+              &avx512::cluster_image_f32};
     case Isa::avx2:
-      return {avx2::kPanelWidthF32, avx2::kRowsPerBlock, &avx2::cluster_rows_f32};
+      return {avx2::kPanelWidthF32, avx2::kRowsPerBlock, &avx2::cluster_rows_f32,
+              &avx2::cluster_image_f32};
 #endif
     default:
-      return {generic::kPanelWidthF32, generic::kRowsPerBlock, &generic::cluster_rows_f32};
+      return {generic::kPanelWidthF32, generic::kRowsPerBlock, &generic::cluster_rows_f32,
+              &generic::cluster_image_f32};
   }
 }
 ClusterKernel<double> cluster_kernel_for(Isa isa, double*) {
   switch (isa) {
 #if DCCONV_X86_ISAS
     case Isa::avx512:
-      return {avx512::kPanelWidthF64, avx512::kRowsPerBlock, &avx512::cluster_rows_f64};
+      return {avx512::kPanelWidthF64, avx512::kRowsPerBlock, &avx512::cluster_rows_f64,
+              &avx512::cluster_image_f64};
     case Isa::avx2:
-      return {avx2::kPanelWidthF64, avx2::kRowsPerBlock, &avx2::cluster_rows_f64};
+      return {avx2::kPanelWidthF64, avx2::kRowsPerBlock, &avx2::cluster_rows_f64,
+              &avx2::cluster_image_f64};
 #endif
     default:
-      return {generic::kPanelWidthF64, generic::kRowsPerBlock, &generic::cluster_rows_f64};
+      return {generic::kPanelWidthF64, generic::kRowsPerBlock, &generic::cluster_rows_f64,
+              &generic::cluster_image_f64};
   }
 }
+
+// Images of at most this many patches are clustered whole, one task each (cluster_kernel).
+constexpr int64_t kPairsMaxPatches = 1 << 14;
 
 template <typename T>
 void cluster_kernel(const at::Tensor& s, at::Tensor& out, int64_t Kc) {
@@ -108,15 +117,25 @@ void cluster_kernel(const at::Tensor& s, at::Tensor& out, int64_t Kc) {
     }
   });
   ClusterArgs<T> args{sp, cp, pp, np, mp, dot_mode.data(), out.data_ptr<int64_t>(), N, D, P, Kc};
+  const int64_t threads = at::get_num_threads();
   // Row blocks: big enough to reuse each panel from L1 for many rows, small enough to give
   // every thread work; multiples of the register block's rows.
-  const int64_t threads = at::get_num_threads();
   const int64_t sub = kernel.block_rows;
   int64_t rb = 16 * sub;
   while (rb > sub && B * ((N + rb - 1) / rb) < 4 * threads) rb = std::max(sub, rb / 2 / sub * sub);
   const int64_t nblk = (N + rb - 1) / rb;
   const int64_t ntasks = B * nblk;
   const int nt = num_threads_for(ntasks, B * N * N * D);
+  // Whole images instead, one task each, where that keeps as many threads busy (one
+  // thread, or an image per thread): each pair is then screened once. The lists of all the
+  // image's rows are alive at once (about 0.1 KB per row and candidate slot), hence the
+  // bound on N.
+  if (N <= kPairsMaxPatches && (nt == 1 || B >= nt)) {
+    const auto image = kernel.image;
+#pragma omp parallel for schedule(dynamic, 1) num_threads(nt)
+    for (int64_t b = 0; b < B; ++b) image(args, b);
+    return;
+  }
   const auto rows = kernel.rows;
 #pragma omp parallel for schedule(dynamic, 1) num_threads(nt)
   for (int64_t task = 0; task < ntasks; ++task) {

@@ -233,36 +233,35 @@ void finish_row(RowCands<T>& c, const ListCtx<T>& x, int64_t* out) {
   for (int64_t q = 0; q < x.m; ++q) out[q] = c.idx[ord[q]];
 }
 
-// Bit l of the result: lane l (over the kPanelVecs vectors) is <= w. NaN lanes are not (an
-// ordered comparison). DCCONV_MASK picks the instructions: 3: one compare into a mask
-// register per vector (AVX-512); 1 / 2: one compare and one movemask per vector (AVX /
-// SSE2); 0: portable GCC vector code, the lanes' bits OR-reduced into lane 0 by log2(L)
-// shuffles (no copy uses it on x86; it stays for other targets).
+// Bit l of the result: lane l (over the kPanelVecs vectors) of a is <= the same lane of w.
+// NaN lanes are not (an ordered comparison). DCCONV_MASK picks the instructions: 3: one
+// compare into a mask register per vector (AVX-512); 1 / 2: one compare and one movemask
+// per vector (AVX / SSE2); 0: portable GCC vector code, the lanes' bits OR-reduced into lane
+// 0 by log2(L) shuffles (no copy uses it on x86; it stays for other targets).
 template <typename T>
-DCCONV_INLINE uint32_t le_mask(const typename Vec<T>::type* a, T w) {
+DCCONV_INLINE uint32_t le_mask(const typename Vec<T>::type* a, const typename Vec<T>::type* w) {
   typedef typename Vec<T>::type V;
   constexpr int L = Vec<T>::L;
   static_assert(kPanelVecs * L <= 32, "mask layout");
-  const V wv = V{} + w;
 #if DCCONV_MASK == 1 || DCCONV_MASK == 2 || DCCONV_MASK == 3
   uint32_t m = 0;
   for (int v = 0; v < kPanelVecs; ++v) {
     uint32_t mv;
 #if DCCONV_MASK == 3
     if constexpr (std::is_same_v<T, float>)
-      mv = _mm512_cmp_ps_mask((__m512)a[v], (__m512)wv, _CMP_LE_OQ);
+      mv = _mm512_cmp_ps_mask((__m512)a[v], (__m512)w[v], _CMP_LE_OQ);
     else
-      mv = _mm512_cmp_pd_mask((__m512d)a[v], (__m512d)wv, _CMP_LE_OQ);
+      mv = _mm512_cmp_pd_mask((__m512d)a[v], (__m512d)w[v], _CMP_LE_OQ);
 #elif DCCONV_MASK == 1
     if constexpr (std::is_same_v<T, float>)
-      mv = _mm256_movemask_ps(_mm256_cmp_ps((__m256)a[v], (__m256)wv, _CMP_LE_OQ));
+      mv = _mm256_movemask_ps(_mm256_cmp_ps((__m256)a[v], (__m256)w[v], _CMP_LE_OQ));
     else
-      mv = _mm256_movemask_pd(_mm256_cmp_pd((__m256d)a[v], (__m256d)wv, _CMP_LE_OQ));
+      mv = _mm256_movemask_pd(_mm256_cmp_pd((__m256d)a[v], (__m256d)w[v], _CMP_LE_OQ));
 #else
     if constexpr (std::is_same_v<T, float>)
-      mv = _mm_movemask_ps(_mm_cmple_ps((__m128)a[v], (__m128)wv));
+      mv = _mm_movemask_ps(_mm_cmple_ps((__m128)a[v], (__m128)w[v]));
     else
-      mv = _mm_movemask_pd(_mm_cmple_pd((__m128d)a[v], (__m128d)wv));
+      mv = _mm_movemask_pd(_mm_cmple_pd((__m128d)a[v], (__m128d)w[v]));
 #endif
     m |= mv << (v * L);
   }
@@ -274,7 +273,7 @@ DCCONV_INLINE uint32_t le_mask(const typename Vec<T>::type* a, T w) {
   for (int l = 0; l < L; ++l) bit[l] = I(1) << l;
   const M zero = M{};
   M m = zero;
-  for (int v = 0; v < kPanelVecs; ++v) m = m | ((a[v] <= wv) ? (bit << (v * L)) : zero);
+  for (int v = 0; v < kPanelVecs; ++v) m = m | ((a[v] <= w[v]) ? (bit << (v * L)) : zero);
   if constexpr (L == 16) {
     m = m | __builtin_shufflevector(m, m, 8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7);
     m = m | __builtin_shufflevector(m, m, 4, 5, 6, 7, 0, 1, 2, 3, 4, 5, 6, 7, 0, 1, 2, 3);
@@ -293,6 +292,14 @@ DCCONV_INLINE uint32_t le_mask(const typename Vec<T>::type* a, T w) {
   }
   return static_cast<uint32_t>(m[0]);
 #endif
+}
+
+// Bit l: lane l of a is <= w.
+template <typename T>
+DCCONV_INLINE uint32_t le_mask(const typename Vec<T>::type* a, T w) {
+  typename Vec<T>::type wv[kPanelVecs];
+  for (int v = 0; v < kPanelVecs; ++v) wv[v] = typename Vec<T>::type{} + w;
+  return le_mask<T>(a, wv);
 }
 
 #if DCCONV_MASK == 1
@@ -361,13 +368,19 @@ DCCONV_INLINE void append_lanes(RowCands<T>& c, const T* lanes, uint32_t mask, i
 #pragma GCC push_options
 #pragma GCC optimize("fp-contract=fast")
 // Rows [i0, i1) of image b: screening distances to all N patches, panel by panel, in
-// kRowSub x PW register blocks; lanes under a row's band are appended to its list.
+// kRowSub x PW register blocks; lanes under a row's band are appended to its list. With
+// kPairs (i0 = 0, i1 = N: one task per image) each pair is screened once, in the block of
+// its smaller index's row: the block's lanes go to the row's list (columns above the row)
+// and, compared with each column's own band, to the columns' lists (the row as their
+// candidate), which halves the multiply-adds; the lists then take their columns in another
+// order, which the lists allow (see above).
 // Everything in this push_options region may be FMA-contracted: only screening arithmetic
 // and bounds with margins (the canonical distance is exact_sq_dist, out of line).
-template <typename T, bool kDot>
+template <typename T, bool kDot, bool kPairs>
 DCCONV_INLINE void cluster_rows_impl(const ClusterArgs<T>& a, int64_t b, int64_t i0,
                                      int64_t i1) {
   typedef typename Vec<T>::type V;
+  typedef T VU __attribute__((vector_size(DCCONV_VEC_BYTES), aligned(alignof(T))));
   constexpr int L = Vec<T>::L;
   constexpr int PW = L * kPanelVecs;
   const int64_t N = a.N, D = a.D, Kc = a.Kc, m = Kc - 1;
@@ -403,14 +416,34 @@ DCCONV_INLINE void cluster_rows_impl(const ClusterArgs<T>& a, int64_t b, int64_t
     cands[r] = RowCands<T>{sig.data() + r * cap, ids.data() + r * cap, ex.data() + r * cap, 0,
                            inf, eps};
   }
+  // kPairs: every list's band, by column, for the vector compare of the columns' lists
+  std::vector<T> bands(kPairs ? a.P * PW : 0, inf);
   const uint32_t all_lanes = PW == 32 ? 0xFFFFFFFFu : ((1u << PW) - 1u);
+  // after entries were appended to the list of row `row`
+  auto appended = [&](int64_t row) {
+    RowCands<T>& c = cands[row];
+    if (c.n >= (c.band == inf ? m : flush_at)) {
+      const int64_t i = i0 + row;
+      const ListCtx<T> ctx{s + i * D, s, D, m, keep, flush_at, &ord, &tmp, &tmpi};
+      flush<T>(c, ctx);
+      if (kPairs) bands[i] = c.band;
+    }
+  };
 
-  for (int64_t p = 0; p < a.P; ++p) {
+  // kPairs: tiles of rows, each against the panels from its first row on, so that the
+  // tile's lists and the panel's columns' lists are both at hand (as the row blocks of a
+  // task are without kPairs)
+  const int64_t tile = kPairs ? 16 * kRowSub : R;
+  for (int64_t t0 = 0; t0 < R; t0 += tile)
+  for (int64_t p = kPairs ? t0 / PW : 0; p < a.P; ++p) {
     const T* pan = panels + p * D * PW;
     const int64_t j0 = p * PW;
     // lanes of real columns (the last panel is zero padded)
     const uint32_t valid = N - j0 >= PW ? all_lanes : ((1u << (N - j0)) - 1u);
-    for (int64_t r0 = 0; r0 < R; r0 += kRowSub) {
+    // kPairs: the tile's rows below the panel's last column (the pairs of the rows after it
+    // are screened in those rows' blocks)
+    const int64_t rend = std::min<int64_t>(kPairs ? j0 + PW : R, t0 + tile);
+    for (int64_t r0 = t0; r0 < rend; r0 += kRowSub) {
       const T* rp[kRowSub];
       for (int r = 0; r < kRowSub; ++r)
         rp[r] = scr + std::min<int64_t>(i0 + r0 + r, N - 1) * D;
@@ -454,16 +487,39 @@ DCCONV_INLINE void cluster_rows_impl(const ClusterArgs<T>& a, int64_t b, int64_t
           *reinterpret_cast<V*>(&block[r][v * L]) = acc[r][v];
       const int rn = static_cast<int>(std::min<int64_t>(kRowSub, R - r0));
       for (int r = 0; r < rn; ++r) {
-        RowCands<T>& cr = cands[r0 + r];
         const int64_t i = i0 + r0 + r;
+        const V* lanes = reinterpret_cast<const V*>(block[r]);
+        // the columns this block screens for row i: all but i itself, or (kPairs) those
+        // above i
+        uint32_t cols = valid;
+        if (i >= j0) {
+          const int64_t k = i - j0;
+          if (kPairs)
+            cols &= k < PW ? ~((2u << k) - 1u) : 0u;
+          else if (k < PW)
+            cols &= ~(1u << k);
+        }
         // from the spilled block (acc itself would be spilled a second time)
-        uint32_t mask = le_mask<T>(reinterpret_cast<const V*>(block[r]), cr.band) & valid;
-        if (i >= j0 && i < j0 + PW) mask &= ~(1u << (i - j0));  // not the row itself
-        if (!mask) continue;  // most panels, once the band is tight
-        append_lanes<T>(cr, block[r], mask, j0);
-        if (cr.n >= (cr.band == inf ? m : flush_at)) {
-          const ListCtx<T> ctx{s + i * D, s, D, m, keep, flush_at, &ord, &tmp, &tmpi};
-          flush<T>(cr, ctx);
+        const T band = kPairs ? bands[i] : cands[r0 + r].band;  // kPairs: a smaller array
+        const uint32_t mask = le_mask<T>(lanes, band) & cols;
+        if (mask) {  // most panels skip, once the bands are tight
+          append_lanes<T>(cands[r0 + r], block[r], mask, j0);
+          appended(r0 + r);
+        }
+        if (kPairs) {
+          V cb[kPanelVecs];
+          for (int v = 0; v < kPanelVecs; ++v)
+            cb[v] = *reinterpret_cast<const VU*>(bands.data() + j0 + v * L);
+          uint32_t tmask = le_mask<T>(lanes, cb) & cols;
+          while (tmask) {  // row i as a candidate of column j's list
+            const int lane = __builtin_ctz(tmask);
+            tmask &= tmask - 1;
+            RowCands<T>& c = cands[j0 + lane];
+            c.sig[c.n] = block[r][lane];
+            c.idx[c.n] = static_cast<int32_t>(i);
+            ++c.n;
+            appended(j0 + lane);
+          }
         }
       }
     }
@@ -479,15 +535,27 @@ DCCONV_INLINE void cluster_rows_impl(const ClusterArgs<T>& a, int64_t b, int64_t
 
 void cluster_rows_f32(const ClusterArgs<float>& a, int64_t b, int64_t i0, int64_t i1) {
   if (a.dot_mode[b])
-    cluster_rows_impl<float, true>(a, b, i0, i1);
+    cluster_rows_impl<float, true, false>(a, b, i0, i1);
   else
-    cluster_rows_impl<float, false>(a, b, i0, i1);
+    cluster_rows_impl<float, false, false>(a, b, i0, i1);
 }
 void cluster_rows_f64(const ClusterArgs<double>& a, int64_t b, int64_t i0, int64_t i1) {
   if (a.dot_mode[b])
-    cluster_rows_impl<double, true>(a, b, i0, i1);
+    cluster_rows_impl<double, true, false>(a, b, i0, i1);
   else
-    cluster_rows_impl<double, false>(a, b, i0, i1);
+    cluster_rows_impl<double, false, false>(a, b, i0, i1);
+}
+void cluster_image_f32(const ClusterArgs<float>& a, int64_t b) {
+  if (a.dot_mode[b])
+    cluster_rows_impl<float, true, true>(a, b, 0, a.N);
+  else
+    cluster_rows_impl<float, false, true>(a, b, 0, a.N);
+}
+void cluster_image_f64(const ClusterArgs<double>& a, int64_t b) {
+  if (a.dot_mode[b])
+    cluster_rows_impl<double, true, true>(a, b, 0, a.N);
+  else
+    cluster_rows_impl<double, false, true>(a, b, 0, a.N);
 }
 #pragma GCC pop_options
 
