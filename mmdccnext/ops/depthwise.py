@@ -80,7 +80,8 @@ def same_size(conv):
 
 def forward(x, weight, bias=None, out=None):
     """The convolution of the contiguous ``(B, H, W, C)`` ``x``, into ``out`` when given (a
-    contiguous tensor shaped as ``x``, not overlapping it). No autograd."""
+    contiguous tensor shaped as ``x``, not overlapping it, or ``x`` itself: in place, the
+    same bits). No autograd."""
     with _range(FORWARD_RANGE):
         return cpu_impl.load_ext().depthwise3x3_forward(x, weight, bias, out)
 

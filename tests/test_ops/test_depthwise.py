@@ -1,7 +1,7 @@
 """The Conv-FFN's 3x3 depthwise convolution kernels (mmdccnext/ops/depthwise.py,
 csrc/cpu/depthwise.cpp): against the float64 convolution, gradcheck, every ISA bit-identical,
-deterministic whatever the threads, written into a caller's buffer, clear errors, and the
-module equal to nn.Conv2d wherever it runs them and nn.Conv2d itself everywhere else."""
+deterministic whatever the threads, written into a caller's buffer or in place, clear errors,
+and the module equal to nn.Conv2d wherever it runs them and nn.Conv2d itself everywhere else."""
 import pytest
 import torch
 import torch.nn.functional as F
@@ -130,6 +130,14 @@ def test_taps_outside_the_map_are_skipped_like_onednn():
     assert got[0, 0, 0, 0] == 4  # the corner: four taps inside the map
 
 
+def _overlapping(x):
+    """``x`` copied into a larger storage, and a tensor shaped as ``x`` 8 values further on in
+    it: an output that overlaps the map without being the map."""
+    big = torch.empty(x.numel() + 8, dtype=x.dtype)
+    a = big[:x.numel()].view(x.shape).copy_(x)
+    return a, big[8:].view(x.shape)
+
+
 @pytest.mark.parametrize('call,match', [
     (lambda x, w: depthwise.forward(x.permute(0, 2, 1, 3), w), 'contiguous'),
     (lambda x, w: depthwise.forward(x[0], w), r'\(B, H, W, C\)'),
@@ -137,13 +145,32 @@ def test_taps_outside_the_map_are_skipped_like_onednn():
     (lambda x, w: depthwise.forward(x, w[:, :, :2]), r'\(C, 1, 3, 3\)'),
     (lambda x, w: depthwise.forward(x, w.double()), 'dtype'),
     (lambda x, w: depthwise.forward(x, w, torch.zeros(3)), 'bias'),
-    (lambda x, w: depthwise.forward(x, w, out=x), 'overlap'),
+    (lambda x, w: (lambda a, b: depthwise.forward(a, w, out=b))(*_overlapping(x)), 'overlap'),
     (lambda x, w: depthwise.forward(x, w, out=torch.empty(1, 2, 3, 8)), 'shaped'),
 ])
 def test_bad_input_is_a_clear_error(call, match):
     x, w, _, _ = inputs((2, 4, 5, 8))
     with pytest.raises(RuntimeError, match=match):
         call(x, w)
+
+
+@pytest.mark.parametrize('threads', [1, 2, 3])
+def test_in_place_is_the_same_convolution(cpu_isa, threads):
+    # out=x: rows are written back one row late from a ring of two; with several threads
+    # each takes a band of an image's rows and the rows just outside it are copied first
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for shape in SHAPES + [(1, 40, 33, 70), (2, 3, 1, 16)]:
+            for dtype in (torch.float32, torch.float64):
+                x, w, b, _ = inputs(shape, dtype)
+                expected = depthwise.forward(x, w, b)
+                y = x.clone()
+                got = depthwise.forward(y, w, b, out=y)
+                assert got.data_ptr() == y.data_ptr()
+                assert torch.equal(y, expected), (shape, dtype)
+    finally:
+        torch.set_num_threads(before)
 
 
 def _module_and_conv(channels, seed=0):

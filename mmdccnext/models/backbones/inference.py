@@ -10,15 +10,15 @@ What. When :func:`fast_path_applies`, :meth:`DCCNeXt.forward` takes a :class:`Wo
 (:func:`workspace_of`: kept between passes or new, below) and hands it to every block. The
 blocks then
 
-* write ``fc1``'s output and the depthwise convolution's output into two buffers of the
-  workspace, which all blocks of the pass reuse (``fc1``'s where the module leaves it to
-  ATen, an output over 32 MiB; a smaller one is oneDNN's new tensor, as the module computes
-  it: :class:`~mmdccnext.ops.linear.OneDNNLinear`),
-* write the depthwise convolution into its buffer with the kernel the module runs
-  (:class:`~mmdccnext.ops.depthwise.DepthwiseConv2d`: the C++ extension's), or, where the
-  module runs ``nn.Conv2d``'s forward, with oneDNN's in-place ``out += conv(x)`` on the
-  zeroed buffer (``mkldnn::_convolution_pointwise_``, the kernel PyTorch's compiler uses for
-  convolution + addition) where this build of PyTorch has it, and GELU in place,
+* write ``fc1``'s output into a buffer of the workspace, which all blocks of the pass reuse
+  (where the module leaves it to ATen, an output over 32 MiB; a smaller one is oneDNN's new
+  tensor, as the module computes it: :class:`~mmdccnext.ops.linear.OneDNNLinear`),
+* write the depthwise convolution over ``fc1``'s output with the kernel the module runs
+  (:class:`~mmdccnext.ops.depthwise.DepthwiseConv2d`: the C++ extension's, which computes
+  in place with a ring of two rows; no second rC-wide map), or, where the module runs
+  ``nn.Conv2d``'s forward, into a second buffer with oneDNN's in-place ``out += conv(x)`` on
+  the zeroed buffer (``mkldnn::_convolution_pointwise_``, the kernel PyTorch's compiler uses
+  for convolution + addition) where this build of PyTorch has it, and GELU in place,
 * add both residuals in place (a block's input is then the previous layer's own output,
   never the caller's tensor).
 
@@ -120,9 +120,10 @@ class Workspace:
         return out
 
     def dwconv_gelu(self, conv, act, x, key):
-        """``act(conv(x))`` of channels-last ``(B, H, W, C)`` ``x`` (``conv`` depthwise),
-        channels-last out, in the buffer ``key`` (the module's kernel, else oneDNN's in-place
-        convolution on the zeroed buffer), then GELU in place."""
+        """``act(conv(x))`` of channels-last ``(B, H, W, C)`` ``x`` (``conv`` depthwise; ``x``
+        is the pass's own: fc1's output), channels-last out: over ``x`` (the module's kernel),
+        else in the buffer ``key`` (oneDNN's in-place convolution on the zeroed buffer), then
+        GELU in place."""
         out = self._depthwise_conv(conv, x, key)
         if isinstance(act, nn.GELU):
             return torch._C._nn.gelu_(out, approximate=act.approximate)
@@ -130,8 +131,8 @@ class Workspace:
 
     def _depthwise_conv(self, conv, x, key):
         if isinstance(conv, DepthwiseConv2d) and conv.runs_kernel(x):  # the module's kernel
-            return depthwise.forward(x, conv.weight, conv.bias,
-                                     out=self.buffer(key, x, conv.out_channels))
+            # over its input: fc1's output, which nothing else reads
+            return depthwise.forward(x, conv.weight, conv.bias, out=x)
         conv_add = _inplace_conv_add()
         if (conv_add is not None and torch.backends.mkldnn.enabled
                 and conv.padding_mode == 'zeros'):

@@ -46,7 +46,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("need_x"), py::arg("need_weight"), py::arg("need_bias"));
   m.def("depthwise3x3_forward", &dcconv::depthwise3x3_forward,
         "3x3 depthwise convolution (stride 1, zero padding 1) of a contiguous (B, H, W, C) "
-        "map with a (C, 1, 3, 3) weight; written into `out` when given",
+        "map with a (C, 1, 3, 3) weight; written into `out` when given (x itself: in place)",
         py::arg("x"), py::arg("weight"), py::arg("bias") = py::none(),
         py::arg("out") = py::none());
   m.def("depthwise3x3_backward", &dcconv::depthwise3x3_backward,

@@ -253,6 +253,8 @@ struct DwGradArgs {
 template <typename T>
 struct DepthwiseKernels {
   void (*rows)(const DwArgs<T>& a, int64_t r0, int64_t r1);  // rows r = b * H + y
+  // one output row from its three input rows (nullptr outside the map); a.in is not read
+  void (*row)(const DwArgs<T>& a, const T* const rows[3], T* out);
   // partial sums of one task into partial (K * K + 1, C): the taps', then the bias's
   void (*grad_weight)(const DwGradArgs<T>& a, int64_t b, int64_t y0, int64_t y1, T* partial);
 };

@@ -19,24 +19,30 @@ DepthwiseKernels<float> depthwise_kernels_for(Isa isa, float*) {
   switch (isa) {
 #if DCCONV_X86_ISAS
     case Isa::avx512:
-      return {&avx512::depthwise_rows_f32, &avx512::depthwise_grad_weight_f32};
+      return {&avx512::depthwise_rows_f32, &avx512::depthwise_row_f32,
+              &avx512::depthwise_grad_weight_f32};
     case Isa::avx2:
-      return {&avx2::depthwise_rows_f32, &avx2::depthwise_grad_weight_f32};
+      return {&avx2::depthwise_rows_f32, &avx2::depthwise_row_f32,
+              &avx2::depthwise_grad_weight_f32};
 #endif
     default:
-      return {&generic::depthwise_rows_f32, &generic::depthwise_grad_weight_f32};
+      return {&generic::depthwise_rows_f32, &generic::depthwise_row_f32,
+              &generic::depthwise_grad_weight_f32};
   }
 }
 DepthwiseKernels<double> depthwise_kernels_for(Isa isa, double*) {
   switch (isa) {
 #if DCCONV_X86_ISAS
     case Isa::avx512:
-      return {&avx512::depthwise_rows_f64, &avx512::depthwise_grad_weight_f64};
+      return {&avx512::depthwise_rows_f64, &avx512::depthwise_row_f64,
+              &avx512::depthwise_grad_weight_f64};
     case Isa::avx2:
-      return {&avx2::depthwise_rows_f64, &avx2::depthwise_grad_weight_f64};
+      return {&avx2::depthwise_rows_f64, &avx2::depthwise_row_f64,
+              &avx2::depthwise_grad_weight_f64};
 #endif
     default:
-      return {&generic::depthwise_rows_f64, &generic::depthwise_grad_weight_f64};
+      return {&generic::depthwise_rows_f64, &generic::depthwise_row_f64,
+              &generic::depthwise_grad_weight_f64};
   }
 }
 
@@ -51,6 +57,49 @@ void run_rows(const DwArgs<T>& a, int64_t rows) {
   const int nt = num_threads_for(rows, 9 * rows * a.W * a.C);
 #pragma omp parallel for schedule(dynamic, 1) num_threads(nt)
   for (int64_t r = 0; r < rows; ++r) kernel(a, r, r + 1);
+}
+
+// The convolution written over its own input a.in == a.out (B images): a task takes a band
+// of an image's rows, computes each output row into a ring of two rows and writes it over
+// its input row once the next output row no longer needs that (one row later). The input
+// rows just outside each band, which neighbouring tasks overwrite, are copied first. Every
+// output value comes from the same kernel and inputs as out of place: the same bits.
+template <typename T>
+void run_rows_inplace(const DwArgs<T>& a, int64_t B) {
+  const auto kernel = selected<T>().row;
+  const int64_t H = a.H, RW = a.W * a.C;
+  T* x = a.out;
+  const int64_t threads = at::get_num_threads();
+  const int64_t bands = std::min<int64_t>(H, (threads + B - 1) / B);
+  const int64_t ntasks = B * bands;
+  const int nt = num_threads_for(ntasks, 9 * B * H * RW);
+  auto band_rows = [&](int64_t k) { return std::make_pair(k * H / bands, (k + 1) * H / bands); };
+  // per task: the input row above its band and the one below (where inside the map)
+  std::vector<T> edges(bands > 1 ? ntasks * 2 * RW : 0);
+  for (int64_t task = 0; bands > 1 && task < ntasks; ++task) {
+    const int64_t b = task / bands;
+    const auto [y0, y1] = band_rows(task % bands);
+    if (y0 > 0) std::copy_n(x + (b * H + y0 - 1) * RW, RW, edges.data() + task * 2 * RW);
+    if (y1 < H) std::copy_n(x + (b * H + y1) * RW, RW, edges.data() + (task * 2 + 1) * RW);
+  }
+#pragma omp parallel for schedule(dynamic, 1) num_threads(nt)
+  for (int64_t task = 0; task < ntasks; ++task) {
+    const int64_t b = task / bands;
+    const auto [y0, y1] = band_rows(task % bands);
+    T* img = x + b * H * RW;
+    std::vector<T> ring(2 * RW);
+    for (int64_t y = y0; y < y1; ++y) {
+      const T* rows[3];
+      rows[0] = y == 0 ? nullptr : y == y0 ? edges.data() + task * 2 * RW : img + (y - 1) * RW;
+      rows[1] = img + y * RW;
+      rows[2] = y == H - 1 ? nullptr
+                : y + 1 == y1 ? edges.data() + (task * 2 + 1) * RW
+                              : img + (y + 1) * RW;
+      kernel(a, rows, ring.data() + (y % 2) * RW);
+      if (y > y0) std::copy_n(ring.data() + ((y - 1) % 2) * RW, RW, img + (y - 1) * RW);
+    }
+    if (y1 > y0) std::copy_n(ring.data() + ((y1 - 1) % 2) * RW, RW, img + (y1 - 1) * RW);
+  }
 }
 
 // Sums of the weight and bias gradients of a K x K kernel, (K * K + 1, C): taps then bias.
@@ -131,15 +180,19 @@ void check_grad_and_map(const at::Tensor& grad, const at::Tensor& x, const char*
               ": grad must be shaped and typed as x, got ", grad.sizes());
 }
 
-// `out` if given (checked: shaped as x, not overlapping it), else a new tensor.
+// `out` if given (checked: shaped as x, not overlapping it unless `may_be_x` and it is x's
+// very memory), else a new tensor.
 at::Tensor output_for(const at::Tensor& x, const std::optional<at::Tensor>& out,
-                      const char* name) {
+                      const char* name, bool may_be_x = false) {
   if (!out.has_value()) return at::empty_like(x);
   check_map(*out, name);
   TORCH_CHECK(out->sizes() == x.sizes() && out->scalar_type() == x.scalar_type(),
               "depthwise: ", name, " must be shaped and typed as the map, got ",
               out->sizes(), " ", out->scalar_type());
-  TORCH_CHECK(!overlap(*out, x), "depthwise: ", name, " must not overlap the map it reads");
+  const bool same = out->data_ptr() == x.data_ptr();
+  TORCH_CHECK((same && may_be_x) || !overlap(*out, x), "depthwise: ", name,
+              may_be_x ? " must be the map itself or not overlap it"
+                       : " must not overlap the map it reads");
   return *out;
 }
 
@@ -157,15 +210,19 @@ at::Tensor depthwise3x3_forward(const at::Tensor& x, const at::Tensor& w,
                 "depthwise3x3: bias must be a (C,) CPU tensor of the map's dtype, got ",
                 bias->sizes());
   }
-  at::Tensor y = output_for(x, out, "out");
+  at::Tensor y = output_for(x, out, "out", /*may_be_x=*/true);
   if (x.numel() == 0) return y;
+  const bool in_place = y.data_ptr() == x.data_ptr();
   const at::Tensor wt = taps(w, false);
   const at::Tensor b = bias.has_value() ? bias->contiguous() : at::Tensor();
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "depthwise3x3_forward", [&] {
     DwArgs<scalar_t> a{x.data_ptr<scalar_t>(), wt.data_ptr<scalar_t>(),
                        b.defined() ? b.data_ptr<scalar_t>() : nullptr,
                        y.data_ptr<scalar_t>(), x.size(1), x.size(2), C};
-    run_rows(a, x.size(0) * x.size(1));
+    if (in_place)
+      run_rows_inplace(a, x.size(0));
+    else
+      run_rows(a, x.size(0) * x.size(1));
   });
   return y;
 }

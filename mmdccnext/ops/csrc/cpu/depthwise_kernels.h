@@ -126,25 +126,31 @@ DCCONV_INLINE void dw_points_all(const DwArgs<T>& a, const T* const rows[3], T* 
   });
 }
 
+// One output row from its three input rows (nullptr: outside the map, zero padding).
+template <typename T>
+DCCONV_INLINE void dw_row_impl(const DwArgs<T>& a, const T* const rows[3], T* out) {
+  const int64_t W = a.W;
+  // position by position along the row, all channels of a position (or pair) before the
+  // next: the three input rows and the output are read and written in memory order
+  if (W == 1) {
+    dw_points_all<T, 1, false, false>(a, rows, out, 0);
+    return;
+  }
+  dw_points_all<T, 1, false, true>(a, rows, out, 0);
+  int64_t x = 1;
+  for (; x + kDwPoints < W; x += kDwPoints)
+    dw_points_all<T, kDwPoints, true, true>(a, rows, out, x);
+  for (; x < W - 1; ++x) dw_points_all<T, 1, true, true>(a, rows, out, x);
+  dw_points_all<T, 1, true, false>(a, rows, out, W - 1);
+}
+
 template <typename T>
 DCCONV_INLINE void dw_rows_impl(const DwArgs<T>& a, int64_t r0, int64_t r1) {
   const int64_t H = a.H, W = a.W, C = a.C;
   for (int64_t r = r0; r < r1; ++r) {
     const T* rows[3];
     window_rows<T, 3>(a.in, r, r % H, H, W, C, rows);
-    T* out = a.out + r * W * C;
-    // position by position along the row, all channels of a position (or pair) before the
-    // next: the three input rows and the output are read and written in memory order
-    if (W == 1) {
-      dw_points_all<T, 1, false, false>(a, rows, out, 0);
-      continue;
-    }
-    dw_points_all<T, 1, false, true>(a, rows, out, 0);
-    int64_t x = 1;
-    for (; x + kDwPoints < W; x += kDwPoints)
-      dw_points_all<T, kDwPoints, true, true>(a, rows, out, x);
-    for (; x < W - 1; ++x) dw_points_all<T, 1, true, true>(a, rows, out, x);
-    dw_points_all<T, 1, true, false>(a, rows, out, W - 1);
+    dw_row_impl<T>(a, rows, a.out + r * W * C);
   }
 }
 
@@ -237,6 +243,12 @@ void depthwise_rows_f32(const DwArgs<float>& a, int64_t r0, int64_t r1) {
 }
 void depthwise_rows_f64(const DwArgs<double>& a, int64_t r0, int64_t r1) {
   dw_rows_impl<double>(a, r0, r1);
+}
+void depthwise_row_f32(const DwArgs<float>& a, const float* const rows[3], float* out) {
+  dw_row_impl<float>(a, rows, out);
+}
+void depthwise_row_f64(const DwArgs<double>& a, const double* const rows[3], double* out) {
+  dw_row_impl<double>(a, rows, out);
 }
 void depthwise_grad_weight_f32(const DwGradArgs<float>& a, int64_t b, int64_t y0, int64_t y1,
                                float* partial) {
