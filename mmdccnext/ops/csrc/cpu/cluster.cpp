@@ -127,8 +127,8 @@ void cluster_kernel(const at::Tensor& s, at::Tensor& out, int64_t Kc) {
   const int64_t ntasks = B * nblk;
   const int nt = num_threads_for(ntasks, B * N * N * D);
   // Whole images instead, one task each, where that keeps as many threads busy (one
-  // thread, or an image per thread): each pair is then screened once. The lists of all the
-  // image's rows are alive at once (about 0.1 KB per row and candidate slot), hence the
+  // thread, or an image per thread): each pair is then screened once. The candidate lists
+  // of all the image's rows are alive at once (about 1 KB per row for K = 12), hence the
   // bound on N.
   if (N <= kPairsMaxPatches && (nt == 1 || B >= nt)) {
     const auto image = kernel.image;

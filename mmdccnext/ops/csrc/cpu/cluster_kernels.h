@@ -106,15 +106,15 @@ inline T dot_band(T v, T E, int64_t D) {
 
 // Candidate list of one row (see above), unsorted; storage is provided by the caller. The
 // register blocks append the lanes under the band (append_lanes); the band is tightened
-// only when the list grows past a threshold (flush), which keeps the per-panel work free of
-// data-dependent branches: one mask, one compressed store, one count.
+// only when the list grows past a threshold (flush), so a panel costs a row one mask and,
+// where the mask is not empty, one compressed store and one count: no branch per lane.
 template <typename T>
 struct RowCands {
   T* sig;        // screened distances
   int32_t* idx;  // column indices (N < 2^31, checked by cluster_forward)
   T* ex;         // scratch for canonical distances
   int64_t n;     // entries
-  T band;        // insertion threshold on screened distances (+inf: fewer than m entries)
+  T band;        // insertion threshold on screened distances (+inf until the first flush)
   T eps;         // expansion screen: error bound E_i of the row; < 0: direct screen
 };
 
@@ -124,7 +124,6 @@ struct ListCtx {
   const T* s;      // sub-vectors of the image
   int64_t D, m;
   int64_t keep;    // entries a flush may leave before resolving near-ties exactly
-  int64_t flush_at;  // entries from which the list is flushed
   std::vector<int64_t>* ord;   // scratch
   std::vector<T>* tmp;         // scratch
   std::vector<int32_t>* tmpi;  // scratch
@@ -424,7 +423,7 @@ DCCONV_INLINE void cluster_rows_impl(const ClusterArgs<T>& a, int64_t b, int64_t
     RowCands<T>& c = cands[row];
     if (c.n >= (c.band == inf ? m : flush_at)) {
       const int64_t i = i0 + row;
-      const ListCtx<T> ctx{s + i * D, s, D, m, keep, flush_at, &ord, &tmp, &tmpi};
+      const ListCtx<T> ctx{s + i * D, s, D, m, keep, &ord, &tmp, &tmpi};
       flush<T>(c, ctx);
       if (kPairs) bands[i] = c.band;
     }
@@ -527,7 +526,7 @@ DCCONV_INLINE void cluster_rows_impl(const ClusterArgs<T>& a, int64_t b, int64_t
   for (int64_t r = 0; r < R; ++r) {
     const int64_t i = i0 + r;
     out[r * Kc] = i;
-    const ListCtx<T> ctx{s + i * D, s, D, m, keep, flush_at, &ord, &tmp, &tmpi};
+    const ListCtx<T> ctx{s + i * D, s, D, m, keep, &ord, &tmp, &tmpi};
     flush<T>(cands[r], ctx);  // fewer canonical distances to compute
     finish_row<T>(cands[r], ctx, out + r * Kc + 1);
   }
