@@ -169,7 +169,7 @@ __attribute__((noinline)) T exact_sq_dist(const T* a, const T* b, int64_t D) {
 // Orders positions q by (key[q], idx[q]); a baseline-ISA functor for std::sort (a lambda
 // written inside ISA code would be an ISA function that the baseline std::sort cannot
 // inline).
-template <typename T, typename I = int64_t>
+template <typename T, typename I>
 struct KeyThenIndex {
   const T* key;
   const I* idx;

@@ -317,6 +317,14 @@ struct Compress8 {
 inline constexpr Compress8 kCompress8{};
 #endif
 
+// Append one screened distance (column j) to a list.
+template <typename T>
+DCCONV_INLINE void append_one(RowCands<T>& c, T sig, int64_t j) {
+  c.sig[c.n] = sig;
+  c.idx[c.n] = static_cast<int32_t>(j);
+  ++c.n;
+}
+
 // Append the lanes of one row of a spilled block (PW screened distances of the columns j0,
 // j0 + 1, ...) whose bit is set in `mask` to the row's list. Float lists on AVX-512 and AVX2
 // compress each vector in registers and store it whole (the list has room for a panel past
@@ -358,9 +366,7 @@ DCCONV_INLINE void append_lanes(RowCands<T>& c, const T* lanes, uint32_t mask, i
   while (mask) {
     const int lane = __builtin_ctz(mask);
     mask &= mask - 1;
-    c.sig[c.n] = lanes[lane];
-    c.idx[c.n] = static_cast<int32_t>(j0 + lane);
-    ++c.n;
+    append_one<T>(c, lanes[lane], j0 + lane);
   }
 }
 
@@ -513,10 +519,7 @@ DCCONV_INLINE void cluster_rows_impl(const ClusterArgs<T>& a, int64_t b, int64_t
           while (tmask) {  // row i as a candidate of column j's list
             const int lane = __builtin_ctz(tmask);
             tmask &= tmask - 1;
-            RowCands<T>& c = cands[j0 + lane];
-            c.sig[c.n] = block[r][lane];
-            c.idx[c.n] = static_cast<int32_t>(i);
-            ++c.n;
+            append_one<T>(cands[j0 + lane], block[r][lane], i);
             appended(j0 + lane);
           }
         }
